@@ -3,6 +3,8 @@
     python run_recbole_ext.py --model=SASRec --dataset=ml-100k [--output=out.json]
     python run_recbole_ext.py --benchmark --models=SASRec,GRU4Rec --seeds=3 --output=DIR
     python run_recbole_ext.py --tune --model=SASRec --search_space=FILE --num_samples=8 --output=DIR
+    python run_recbole_ext.py --model=AutoDisenSeq --llm_rerank=True [--rerank_keep_top=0]
+    python run_recbole_ext.py --rerank_from=saved/<model>.pth [--rerank_keep_top=0] --output=x.json
 
 Any ``--key=value`` not listed in ``--help`` is a RecBole/recbole-ext config override.
 """
@@ -35,9 +37,13 @@ def parse(argv=None):
     tuning.add_argument("--ray_address", default=None, help="auto or HOST:PORT of a Ray cluster")
     tuning.add_argument("--cpus_per_trial", type=float, default=1)
     tuning.add_argument("--gpus_per_trial", type=float, default=0)
+    rerank = parser.add_argument_group("LLM reranking (AutoDisenSeq-LLM)")
+    rerank.add_argument(
+        "--rerank_from", default=None, help="saved checkpoint whose test ranking the LLM reranks"
+    )
     args, overrides = parser.parse_known_args(argv)
-    if args.benchmark and args.tune:
-        parser.error("--benchmark and --tune are separate jobs; pass one")
+    if sum(map(bool, (args.benchmark, args.tune, args.rerank_from))) > 1:
+        parser.error("--benchmark, --tune and --rerank_from are separate jobs; pass one")
     return parser, args, overrides
 
 
@@ -93,6 +99,17 @@ def main(argv=None):
         print(
             f"best of {best['trials']} trials ({best['stopped_early']} stopped early by ASHA, "
             f"{best['errors']} failed): {best['config']}\ntest: {best['test_result']}"
+        )
+    elif args.rerank_from:
+        from recbole_ext.rerank import rerank_saved
+
+        if args.model or args.dataset or config_files:
+            parser.error("--rerank_from takes model, dataset and config from the checkpoint")
+        as_dict(overrides, parser)  # validate the --key=value form
+        result = rerank_saved(args.rerank_from, cmd_args=overrides, output=args.output)
+        print(
+            f"before: {result['test_result_before_rerank']}\nafter:  {result['test_result']}\n"
+            f"outcomes: {result['rerank']['outcomes']}"
         )
     else:
         from recbole_ext.quick_start import run

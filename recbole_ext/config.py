@@ -3,7 +3,7 @@
 Precedence, lowest first (RecBole's rule, with our layers inserted after RecBole's own):
 
 1. RecBole's internal defaults (``recbole/properties``: overall, model, dataset, quick-start presets);
-2. ``recbole_ext/properties/overall.yaml`` then ``llm.yaml``;
+2. ``recbole_ext/properties/overall.yaml`` then ``llm.yaml`` and ``rerank.yaml``;
 3. ``recbole_ext/properties/model/<Model>.yaml``;
 4. ``recbole_ext/properties/dataset/<dataset>.yaml``;
 5. ``recbole_ext/properties/protocol/<eval_protocol>.yaml`` when ``eval_protocol`` is set;
@@ -134,6 +134,7 @@ class Config(RecBoleConfig):
         for file in (
             PROPERTIES_DIR / "overall.yaml",
             PROPERTIES_DIR / "llm.yaml",
+            PROPERTIES_DIR / "rerank.yaml",
             PROPERTIES_DIR / "model" / f"{model}.yaml",
             PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
         ):

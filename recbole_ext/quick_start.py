@@ -72,7 +72,7 @@ def run(
     init_logger(config)
     logger = getLogger()
     logger.info(config)
-    _, model_obj, train_data, valid_data, test_data = build(config)
+    dataset_obj, model_obj, train_data, valid_data, test_data = build(config)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
     start = time.perf_counter()
@@ -92,6 +92,11 @@ def run(
         test_per_user = per_user_from_struct(trainer.eval_collector.last_struct)
     logger.info(f"best valid: {best_valid_result}")
     logger.info(f"test result: {test_result}")
+    rerank = None
+    if test_result is not None and config["llm_rerank"]:  # AutoDisenSeq-LLM (§4.3)
+        from recbole_ext.rerank import rerank_test
+
+        rerank = rerank_test(config, trainer, test_data, dataset_obj)
 
     result = {
         "model": config["model"],
@@ -110,6 +115,9 @@ def run(
     }
     if test_per_user is not None:
         result["test_per_user_ndcg@10"] = [round(float(v), 6) for v in test_per_user]
+    if rerank is not None:  # test_result becomes the reranked one; RecBole's is kept beside it
+        result["test_result_model"] = result["test_result"]
+        result.update(rerank)
     if output:
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -122,11 +130,12 @@ def _plain_metric(value):
     return None if value is None else float(value)
 
 
-def load_data_and_model(model_file: str | Path):
+def load_data_and_model(model_file: str | Path, cmd_args: list[str] | None = None):
     """Rebuild config, dataset, dataloaders and the trained model from a recbole-ext checkpoint.
 
     Works for our plugin models (RecBole's own ``load_data_and_model`` only knows its models and
-    needs the unsafe pickled ``Config``).
+    needs the unsafe pickled ``Config``). ``cmd_args`` (``--key=value``) override the saved
+    run's settings (evaluation-side keys only: the architecture must match the weights).
 
     Returns:
         ``(config, model, dataset, train_data, valid_data, test_data)``
@@ -138,6 +147,7 @@ def load_data_and_model(model_file: str | Path):
         model=checkpoint["model"],
         dataset=checkpoint["dataset"],
         config_dict=checkpoint["config_overrides"],
+        cmd_args=cmd_args,
     )
     init_logger(config)
     dataset, model, train_data, valid_data, test_data = build(config)

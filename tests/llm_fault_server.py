@@ -3,7 +3,8 @@
 ``FaultServer(script=["429", "500", "ok"])`` answers ``POST /v1/chat/completions`` with the
 scripted behaviour of each successive request (then "ok" forever):
 
-- ``ok``: a valid completion echoing the last user message (``"echo: <content>"``), with usage
+- ``ok``: a valid completion echoing the last user message (``"echo: <content>"``, or the fixed
+  ``reply_text`` when the test sets that attribute), with usage
   and, when ``top_logprobs`` is asked for, first-token log-probs p(Yes)=0.6, p(No)=0.2;
 - ``timeout``: sleeps ``hang_seconds`` before answering (the client times out first);
 - ``400`` / ``429`` / ``500``: an OpenAI-style error body with that status (400 is not retried);
@@ -26,9 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 BEHAVIOURS = ("ok", "timeout", "400", "429", "500", "garbage", "no_choices")
 
 
-def ok_body(request: dict) -> dict:
+def ok_body(request: dict, reply_text: str | None = None) -> dict:
     user = [m["content"] for m in request.get("messages", []) if m.get("role") == "user"]
-    text = f"echo: {user[-1] if user else ''}"
+    text = f"echo: {user[-1] if user else ''}" if reply_text is None else reply_text
     choice: dict = {
         "index": 0,
         "message": {"role": "assistant", "content": text},
@@ -65,6 +66,7 @@ class FaultServer:
         self.script = list(script)
         self.delay = delay
         self.hang_seconds = hang_seconds
+        self.reply_text: str | None = None
         self.requests: list[dict] = []
         self.behaviours: list[str] = []
         self.in_flight = 0
@@ -103,7 +105,7 @@ class FaultServer:
                         time.sleep(server.delay)
                     if behaviour == "timeout":
                         server._stop.wait(server.hang_seconds)
-                        self._send(200, json.dumps(ok_body(request)).encode())
+                        self._send(200, json.dumps(ok_body(request, server.reply_text)).encode())
                     elif behaviour in ("400", "429", "500"):
                         error = {"error": {"message": f"injected {behaviour}", "type": "fault"}}
                         headers = {"Retry-After": "0"} if behaviour == "429" else None
@@ -115,7 +117,7 @@ class FaultServer:
                             200, json.dumps({"id": "x", "object": "chat.completion"}).encode()
                         )
                     else:
-                        self._send(200, json.dumps(ok_body(request)).encode())
+                        self._send(200, json.dumps(ok_body(request, server.reply_text)).encode())
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): expected
                 finally:

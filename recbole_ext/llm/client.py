@@ -346,8 +346,16 @@ class LLMClient:
         return self._give_up(error, self.config.max_retries + 1, fallback)
 
     # -- request kinds: (params, parser) --------------------------------------------------------
-    def _chat_spec(self, max_tokens: int | None, temperature: float | None):
-        params = self._params(max_tokens=max_tokens, temperature=temperature)
+    def _chat_spec(
+        self,
+        max_tokens: int | None,
+        temperature: float | None,
+        schema: Mapping[str, Any] | None = None,
+    ):
+        response_format = None if schema is None else self._response_format(schema)
+        params = self._params(
+            max_tokens=max_tokens, temperature=temperature, response_format=response_format
+        )
 
         def parse(response: dict[str, Any]) -> ChatReply:
             return ChatReply(reply_text(response), response)
@@ -392,10 +400,12 @@ class LLMClient:
         template_version: str = "v1",
         max_tokens: int | None = None,
         temperature: float | None = None,
+        schema: Mapping[str, Any] | None = None,
         fallback: Any = RAISE,
     ) -> ChatReply:
-        """Chat completion; ``fallback`` (any value) is returned instead of raising."""
-        params, parse = self._chat_spec(max_tokens, temperature)
+        """Chat completion; ``fallback`` (any value) is returned instead of raising. With
+        ``schema`` the reply is constrained where the endpoint supports it (text returned as is)."""
+        params, parse = self._chat_spec(max_tokens, temperature, schema)
         return self._request(messages, params, template_version, parse, fallback)
 
     def score_yes_no(
@@ -477,9 +487,10 @@ class LLMClient:
         template_version: str = "v1",
         max_tokens: int | None = None,
         temperature: float | None = None,
+        schema: Mapping[str, Any] | None = None,
         fallback: Any = RAISE,
     ) -> list[ChatReply]:
-        params, parse = self._chat_spec(max_tokens, temperature)
+        params, parse = self._chat_spec(max_tokens, temperature, schema)
         jobs = [
             lambda c, m=m: self._arequest(c, m, params, template_version, parse, fallback)
             for m in batch

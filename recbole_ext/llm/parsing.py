@@ -88,13 +88,17 @@ def _matching_close(text: str, start: int) -> int | None:
 
 
 def _flatten_ranking_value(value: Any) -> list[Any] | None:
-    """A list of ids out of a parsed JSON value: the list itself or the first list in an object."""
+    """A list of ids out of a parsed JSON value: the list itself (nested lists flattened) or the
+    first list in an object."""
     if isinstance(value, list | tuple):
         out = []
         for item in value:
             if isinstance(item, dict):  # [{"id": 3}, ...]
                 item = next(iter(item.values()), None)
-            out.append(item)
+            if isinstance(item, list | tuple):  # [[8, 6], [7], ...]
+                out.extend(_flatten_ranking_value(item) or [])
+            else:
+                out.append(item)
         return out
     if isinstance(value, dict):
         for inner in value.values():
