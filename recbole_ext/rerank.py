@@ -94,10 +94,12 @@ def rerank_test(config, trainer, test_data, dataset, *, show_progress: bool = Tr
     llm = LLMConfig.from_recbole_config(config)
     texts = item_texts(dataset, list(config["item_text_fields"] or []))
     users = collect_rankings(trainer, test_data, texts)
+    if cfg.max_users is not None:
+        users = users[: cfg.max_users]
     logger = getLogger()
     logger.info(f"LLM reranking positions {cfg.keep_top + 1}..{cfg.window} of {len(users)} users")
     start = time.perf_counter()
-    with llm_session(llm, show_progress=show_progress) as client:
+    with llm_session(llm, show_progress=show_progress, logprobs=False) as client:
         out = rerank_users(users, texts, client, cfg)
     wall = time.perf_counter() - start
     requests = out["llm_usage"]["requests_this_pass"]

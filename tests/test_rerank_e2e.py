@@ -100,6 +100,7 @@ def test_rerank_from_saved_model_against_a_faulty_endpoint(trained):
             result["model_file"],
             cmd_args=[
                 "--rerank_keep_top=0",  # the LLM-Top5 variant: a new prompt, so new requests
+                "--rerank_max_users=7",
                 f"--llm_base_url={server.base_url}",
                 "--llm_timeout=0.5",
                 "--llm_max_retries=1",
@@ -108,6 +109,7 @@ def test_rerank_from_saved_model_against_a_faulty_endpoint(trained):
             ],
         )
     n = out["rerank"]["users"]
+    assert n == 7 == len(out["test_per_user_ndcg@10"])
     assert out["rerank"]["rerank_keep_top"] == 0
     assert out["rerank"]["outcomes"]["fallback"] == n == out["rerank"]["outcomes"]["request_failed"]
     assert out["test_result"] == out["test_result_before_rerank"]
@@ -125,7 +127,7 @@ def test_item_text_cannot_leak_ids_or_move_the_top(tmp_path):
     ]
     config = LLMConfig(base_url=None, store_path=str(tmp_path / "s.sqlite"), max_concurrency=1)
     cfg = RerankConfig()
-    with llm_session(config, show_progress=False) as client:
+    with llm_session(config, show_progress=False, logprobs=False) as client:
         out = rerank_users(users, texts, client, cfg)
     for user, after in zip(users, out["rankings_after"]):
         assert after[:5] == user.ranking[:5] and after[20:] == user.ranking[20:]
