@@ -51,7 +51,8 @@ def table(files: list[Path]) -> str:
         lines.append(
             f"| {variant_name(run['model'], info['rerank_keep_top'])} | "
             + " | ".join(f"{after[c]:.4f}" for c in COLUMNS)
-            + f" | {p:.3g}{significance_stars(p)} | {o['valid']} / {o['repaired']} / "
+            + f" | {'– (no change)' if np.isnan(p) else f'{p:.3g}{significance_stars(p)}'} | "
+            f"{o['valid']} / {o['repaired']} / "
             f"{o['fallback']} | {info['moved_users']} / {info['users']} | "
             f"{info['wall_seconds']:.0f} | {'cached' if rps is None else f'{rps:.2f}'} |"
         )

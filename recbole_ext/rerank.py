@@ -104,7 +104,7 @@ def rerank_test(config, trainer, test_data, dataset, *, show_progress: bool = Tr
     wall = time.perf_counter() - start
     requests = out["llm_usage"]["requests_this_pass"]
     rerank = {
-        **cfg.to_dict(),
+        **{k: v for k, v in cfg.to_dict().items() if k != "llm_rerank"},
         "users": len(users),
         "outcomes": out["outcomes"],
         "moved_users": out["moved_users"],
