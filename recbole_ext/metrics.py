@@ -26,6 +26,33 @@ def per_user_ndcg(topk_hits: np.ndarray, pos_len: np.ndarray, k: int) -> np.ndar
     return np.where(ideal_len > 0, dcg / idcg, 0.0)
 
 
+def ndcg_from_ranks(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """NDCG@k of each user whose one held-out item sits at 1-based rank ``ranks``.
+
+    >>> ndcg_from_ranks(np.array([1, 2, 11]), 10).round(4)
+    array([1.    , 0.6309, 0.    ])
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    """HR@k, NDCG@k (RecBole's names) and MRR from each user's held-out-item rank (leave-one-out).
+
+    >>> metrics_from_ranks(np.array([1, 3]), ks=(1,))
+    {'hit@1': 0.5, 'ndcg@1': 0.5, 'mrr': 0.6667}
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise ValueError("no users to evaluate")
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hit@{k}"] = round(float((ranks <= k).mean()), 4)
+        out[f"ndcg@{k}"] = round(float(ndcg_from_ranks(ranks, k).mean()), 4)
+    out["mrr"] = round(float((1.0 / ranks).mean()), 4)
+    return out
+
+
 def per_user_from_struct(struct, k: int = 10) -> np.ndarray | None:
     """Per-user NDCG@k from a RecBole evaluation ``DataStruct`` (``None`` for value metrics)."""
     if struct is None or "rec.topk" not in struct:

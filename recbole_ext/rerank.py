@@ -19,7 +19,8 @@ from recbole.data.dataloader import FullSortEvalDataLoader
 
 from recbole_ext.data.item_text import item_texts
 from recbole_ext.llm.config import LLMConfig
-from recbole_ext.llm.rerank import RerankConfig, UserRanking, per_user_ndcg, rerank_users
+from recbole_ext.llm.rerank import RerankConfig, UserRanking, rerank_users
+from recbole_ext.metrics import metrics_from_ranks, ndcg_from_ranks
 
 
 @torch.no_grad()
@@ -102,6 +103,7 @@ def rerank_test(config, trainer, test_data, dataset, *, show_progress: bool = Tr
     with llm_session(llm, show_progress=show_progress, logprobs=False) as client:
         out = rerank_users(users, texts, client, cfg)
     wall = time.perf_counter() - start
+    before, after = metrics_from_ranks(out["ranks_before"]), metrics_from_ranks(out["ranks_after"])
     requests = out["llm_usage"]["requests_this_pass"]
     rerank = {
         **{k: v for k, v in cfg.to_dict().items() if k != "llm_rerank"},
@@ -112,14 +114,14 @@ def rerank_test(config, trainer, test_data, dataset, *, show_progress: bool = Tr
         "requests_per_second": round(requests / wall, 4) if requests else None,
         "llm": {k: v for k, v in llm.to_dict().items() if k != "llm_api_key_env"},
     }
-    logger.info(f"before rerank: {out['test_result_before_rerank']}")
-    logger.info(f"after rerank:  {out['test_result']}  ({rerank['outcomes']})")
+    logger.info(f"before rerank: {before}")
+    logger.info(f"after rerank:  {after}  ({rerank['outcomes']})")
     return {
-        "test_result": out["test_result"],
-        "test_result_before_rerank": out["test_result_before_rerank"],
-        "test_per_user_ndcg@10": [round(float(v), 6) for v in per_user_ndcg(out["ranks_after"])],
+        "test_result": after,
+        "test_result_before_rerank": before,
+        "test_per_user_ndcg@10": [round(float(v), 6) for v in ndcg_from_ranks(out["ranks_after"])],
         "test_per_user_ndcg@10_before_rerank": [
-            round(float(v), 6) for v in per_user_ndcg(out["ranks_before"])
+            round(float(v), 6) for v in ndcg_from_ranks(out["ranks_before"])
         ],
         "rerank": rerank,
         "llm_usage": out["llm_usage"],

@@ -108,6 +108,17 @@ def _flatten_ranking_value(value: Any) -> list[Any] | None:
     return None
 
 
+def ranking_tokens(text: str) -> list[Any] | None:
+    """The entries of the first JSON / Python list in ``text`` (nested lists flattened; inside an
+    object, its first list, e.g. ``{"ranking": [...]}``), or ``None`` when there is none.
+
+    >>> ranking_tokens('Sure: {"ranking": [[3, 1], [2]]}')
+    [3, 1, 2]
+    """
+    value = extract_json(text)
+    return None if value is None else _flatten_ranking_value(value)
+
+
 def parse_ranking(text: str, candidate_ids: Sequence[Hashable]) -> list[Hashable]:
     """Candidate ids in the order the reply gives them (may hold duplicates; no unknown ids).
 
@@ -129,9 +140,9 @@ def parse_ranking(text: str, candidate_ids: Sequence[Hashable]) -> list[Hashable
     # Each structured reading; the one naming the most candidates wins (ties: listed order), so
     # "[3] > [1]" is not mistaken for the JSON list "[3]".
     readings: list[list[Hashable]] = []
-    value = extract_json(text)
-    if value is not None:
-        readings.append(known(_flatten_ranking_value(value) or []))
+    tokens = ranking_tokens(text)
+    if tokens is not None:
+        readings.append(known(tokens))
     if ">" in text:
         readings.append(known(_BRACKETED.findall(text)))
     numbered = []

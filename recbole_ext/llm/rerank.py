@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from .client import LLMClient
-from .parsing import extract_json, parse_ranking, permutation_schema, repair_permutation
+from .parsing import parse_ranking, permutation_schema, ranking_tokens, repair_permutation
 
 TEMPLATE_VERSION = "rerank-v2"  # bump when the prompt changes (it is part of the store key)
 OUTCOMES = ("valid", "repaired", "fallback")
@@ -158,21 +158,13 @@ def build_messages(
 
 # -- reply -> permutation ----------------------------------------------------------------------
 def _reply_integers(text: str) -> list[int] | None:
-    """The integers of a JSON / Python list in the reply (nested lists and ``{"ranking": ...}``
-    flattened), or ``None`` when the reply holds no such list."""
-    value = extract_json(text)
-
-    def flat(v: Any) -> list[Any]:
-        if isinstance(v, Mapping):
-            return [x for inner in v.values() for x in flat(inner)]
-        if isinstance(v, list):
-            return [x for inner in v for x in flat(inner)]
-        return [v]
-
-    if value is None or not isinstance(value, list | Mapping):
+    """The integer entries of the reply's JSON / Python list (see :func:`ranking_tokens`), or
+    ``None`` when the reply holds no list."""
+    tokens = ranking_tokens(text)
+    if tokens is None:
         return None
     out = []
-    for token in flat(value):
+    for token in tokens:
         try:
             out.append(int(str(token).strip().strip("[]")))
         except ValueError:
@@ -222,47 +214,15 @@ def apply_window(ranking: Sequence[int], cfg: RerankConfig, order: Sequence[int]
     return ranking[: cfg.keep_top] + window + ranking[cfg.window :]
 
 
-# -- metrics on one held-out item per user ---------------------------------------------------
-def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """HR@k, NDCG@k and MRR from the 1-based rank of each user's held-out item.
-
-    >>> ranking_metrics(np.array([1, 3]), ks=(1,))
-    {'hit@1': 0.5, 'ndcg@1': 0.5, 'mrr': 0.6667}
-    """
-    ranks = np.asarray(ranks, dtype=np.float64)
-    if ranks.size == 0:
-        raise ValueError("no users to evaluate")
-    out: dict[str, float] = {}
-    for k in ks:
-        hit = ranks <= k
-        out[f"hit@{k}"] = round(float(hit.mean()), 4)
-        out[f"ndcg@{k}"] = round(float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean()), 4)
-    out["mrr"] = round(float((1.0 / ranks).mean()), 4)
-    return out
-
-
-def per_user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
-    ranks = np.asarray(ranks, dtype=np.float64)
-    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
-
-
 # -- the batch --------------------------------------------------------------------------------
 @dataclass
 class UserRanking:
-    """One evaluated user: item ids ranked best first (at least ``window`` of them), the held-out
-    item, and the descriptions of the recent history (oldest first)."""
+    """One evaluated user: all its candidate item ids ranked best first (the held-out item among
+    them), the held-out item, and the descriptions of the recent history (oldest first)."""
 
     ranking: list[int]
     target: int
     history: list[str]
-
-
-def target_rank(ranking: Sequence[int], target: int, fallback_rank: int) -> int:
-    """1-based rank of ``target`` in ``ranking``; ``fallback_rank`` when it is beyond the list."""
-    try:
-        return list(ranking).index(target) + 1
-    except ValueError:
-        return fallback_rank
 
 
 def rerank_users(
@@ -270,19 +230,15 @@ def rerank_users(
     texts: Sequence[str],
     client: LLMClient,
     cfg: RerankConfig,
-    *,
-    ranks_before: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Rerank every user's window with one batched LLM call; metrics before and after on the same
-    lists.
+    """Rerank every user's window with one batched LLM call; the held-out item's rank before and
+    after, on the same lists.
 
-    ``texts[item]`` describes an item id. ``ranks_before`` gives each target's 1-based rank in the
-    full candidate list (needed when the target lies beyond ``ranking``); by default the rank in
-    ``ranking``. Requests go through the client's store (a rerun makes zero requests); a request
+    ``texts[item]`` describes an item id. Requests go through the client's store (a rerun makes zero requests); a request
     that fails after the retries leaves that user's window unchanged (``fallback``).
 
-    Returns ``{"test_result", "test_result_before_rerank", "outcomes", "llm_usage",
-    "rankings_after", "ranks_before", "ranks_after", "moved_users"}``.
+    Returns ``{"outcomes", "llm_usage", "rankings_after", "ranks_before", "ranks_after",
+    "moved_users"}`` (ranks 1-based, in ``users`` order).
     """
     if not users:
         raise ValueError("no users to rerank")
@@ -296,6 +252,8 @@ def rerank_users(
                 f"a ranking holds {len(user.ranking)} candidates, fewer than rerank_window="
                 f"{cfg.window}; lower rerank_window or evaluate with more candidates"
             )
+        if user.target not in user.ranking:
+            raise ValueError(f"held-out item {user.target} is not among the user's candidates")
         window = [(p, texts[user.ranking[p - 1]]) for p in positions]
         history = user.history[-cfg.history_len :] if cfg.history_len else []
         batch.append(build_messages(history, window, cfg, structured))
@@ -310,28 +268,21 @@ def rerank_users(
     outcomes: Counter[str] = Counter({o: 0 for o in OUTCOMES})
     failed = 0
     after, ranks_b, ranks_a = [], [], []
-    for i, (user, reply) in enumerate(zip(users, replies)):
+    for user, reply in zip(users, replies):
         if reply is None:
             failed += 1
         order, outcome = interpret_reply(None if reply is None else reply.text, positions)
         outcomes[outcome] += 1
         new = apply_window(user.ranking, cfg, order)
         after.append(new)
-        beyond = ranks_before[i] if ranks_before is not None else len(user.ranking) + 1
-        rb = target_rank(user.ranking, user.target, beyond)
-        ra = target_rank(new, user.target, beyond)
-        ranks_b.append(rb)
-        ranks_a.append(ra)
-    ranks_b_arr, ranks_a_arr = np.array(ranks_b), np.array(ranks_a)
-    ks = (1, 5, 10)
+        ranks_b.append(user.ranking.index(user.target) + 1)  # 1-based
+        ranks_a.append(new.index(user.target) + 1)
     usage = client.usage.as_dict()
     return {
-        "test_result": ranking_metrics(ranks_a_arr, ks),
-        "test_result_before_rerank": ranking_metrics(ranks_b_arr, ks),
         "outcomes": {**dict(outcomes), "request_failed": failed},
         "llm_usage": {**usage, "requests_this_pass": client.usage.requests - before_requests},
         "rankings_after": after,
-        "ranks_before": ranks_b_arr,
-        "ranks_after": ranks_a_arr,
+        "ranks_before": np.array(ranks_b),
+        "ranks_after": np.array(ranks_a),
         "moved_users": int(sum(a != list(u.ranking) for a, u in zip(after, users))),
     }
