@@ -5,10 +5,19 @@ Each interaction (user, item, rating, timestamp) becomes one sample with the use
 interaction has no history and is not a sample), plus the fields the model reads:
 
 - ``label``: 1.0 when ``rating >= 4`` (RecBole's ``threshold: {rating: 4}``; classification, high
-  4-5 vs low 1-3). Unlike RecBole, the rating column is kept for the regression task;
-- ``lrrecsys_hour``, ``lrrecsys_weekday``: context ids from the raw timestamp;
+  4-5 vs low 1-3). Unlike RecBole, the rating column is kept for the regression task. With
+  ``lrrecsys_task=regression`` the label holds the rating rescaled to [0, 1] instead, the target
+  of RecBole's CTR models (sigmoid + BCE); LRRecsys itself regresses ``rating`` directly;
+- ``lrrecsys_hour``, ``lrrecsys_weekday``: context ids from the raw timestamp (token fields of 24
+  and 7 values, so RecBole's context-aware models embed them too);
 - ``sample_id``: row of :attr:`samples` (a :class:`~recbole_ext.data.lrrecsys_samples.SampleTable`
   shared by the train/valid/test copies), which the model uses to look up explanation embeddings.
+
+Every model gets these samples through ``properties/protocol/lrrecsys.yaml``
+(``dataset_class: LRRecsysDataset``), so RecBole's baselines (DeepFM, DIN, ...) train and are
+tested on exactly LRRecsys's rows. :meth:`fields` hides ``sample_id`` and the history length from
+the models' feature lists: they are bookkeeping, not features (the history itself,
+``item_id_list``, stays a feature).
 """
 
 from __future__ import annotations
@@ -20,10 +29,13 @@ from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
 from recbole_ext.data.lrrecsys_samples import (
+    HOURS,
     UNSPLIT,
+    WEEKDAYS,
     SampleTable,
     cap_user_interactions,
     context_ids,
+    rescale_ratings,
     select_users,
 )
 
@@ -51,7 +63,25 @@ class LRRecsysDataset(SequentialDataset):
         self.threshold = config["threshold"]  # (dict|None) {field: value}: label = field >= value
         if self.threshold is not None and len(self.threshold) != 1:
             raise ValueError(f"threshold={self.threshold}: give one field, e.g. {{'rating': 4}}.")
+        self.task = config["lrrecsys_task"]  # (str) regression: label = rating rescaled to [0, 1]
+        self.rating_range = config["lrrecsys_rating_range"]  # (list) [min, max] rating
         super().__init__(config)
+
+    def fields(self, ftype=None, source=None):
+        """RecBole's field list with only the features every model may read.
+
+        Hidden: ``sample_id`` and the history length (bookkeeping), and the histories RecBole's
+        augmentation adds for every other field (``rating_list``, ``lrrecsys_hour_list``, ...):
+        of the history, LRRecsys reads the items only, and so do the baselines.
+        """
+        suffix = self.config["LIST_SUFFIX"]
+        item_history = self.config["ITEM_ID_FIELD"] + suffix
+        return [
+            f
+            for f in super().fields(ftype, source)
+            if f not in (SAMPLE_ID, self.item_list_length_field)
+            and (f == item_history or not f.endswith(suffix))
+        ]
 
     # -- subset preset (before ids are remapped) ------------------------------------------------
     def _data_filtering(self):
@@ -75,14 +105,20 @@ class LRRecsysDataset(SequentialDataset):
     def _set_label_by_threshold(self):
         frame = self.inter_feat
         label = self.config["LABEL_FIELD"]
-        if self.threshold is not None and label != self.rating_field:
+        if label != self.rating_field and self.task == "regression":  # RecBole's CTR models
+            frame[label] = rescale_ratings(frame[self.rating_field].to_numpy(), *self.rating_range)
+            self.set_field_property(label, FeatureType.FLOAT, FeatureSource.INTERACTION, 1)
+        elif self.threshold is not None and label != self.rating_field:
             ((field, value),) = self.threshold.items()
             frame[label] = (frame[field] >= value).astype(np.float32)
             self.set_field_property(label, FeatureType.FLOAT, FeatureSource.INTERACTION, 1)
         hour, weekday = context_ids(frame[self.time_field].to_numpy())
         frame[HOUR], frame[WEEKDAY] = hour, weekday
-        for name in (HOUR, WEEKDAY):
+        for name, size in ((HOUR, HOURS), (WEEKDAY, WEEKDAYS)):
             self.set_field_property(name, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
+            tokens = np.arange(size).astype(str)  # ids are the values themselves: 0..size-1
+            self.field2id_token[name] = tokens
+            self.field2token_id[name] = {token: i for i, token in enumerate(tokens)}
 
     # -- samples -----------------------------------------------------------------------------
     def data_augmentation(self):
@@ -91,6 +127,10 @@ class LRRecsysDataset(SequentialDataset):
         self.inter_feat.update(Interaction({SAMPLE_ID: torch.arange(n)}))
         self.set_field_property(SAMPLE_ID, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
         item_tokens = self.field2id_token[self.iid_field]
+        # The history holds item ids: context-aware models size its (token-sequence) embedding
+        # table by the item vocabulary.
+        self.field2id_token[self.item_id_list_field] = item_tokens
+        self.field2token_id[self.item_id_list_field] = self.field2token_id[self.iid_field]
         user_tokens = self.field2id_token[self.uid_field]
         item_list = self.inter_feat[self.item_id_list_field].numpy()  # (N, L) right-padded
         lengths = self.inter_feat[self.item_list_length_field].numpy()  # (N,)

@@ -72,6 +72,17 @@ def context_ids(timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hour, weekday
 
 
+def rescale_ratings(ratings: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Ratings mapped linearly from [low, high] to [0, 1] (the regression label of CTR models).
+
+    >>> rescale_ratings(np.array([1, 3, 5]), 1, 5).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    if not low < high:
+        raise ValueError(f"lrrecsys_rating_range=[{low}, {high}]: give [min, max] with min < max.")
+    return ((np.asarray(ratings, dtype=np.float64) - low) / (high - low)).astype(np.float32)
+
+
 @dataclass
 class SampleTable:
     """All samples of an LR-Recsys dataset, indexed by the ``sample_id`` field.

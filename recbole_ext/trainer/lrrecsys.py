@@ -128,15 +128,17 @@ class LRRecsysTrainer(Trainer):
             return
         samples: SampleTable = dataset.samples
         if client is None:
-            from recbole_ext.llm.serve import llm_session
-
             llm = LLMConfig.from_recbole_config(self.config)
-            if self.dry_run:  # plan from the store alone: no server, no request
-                with ResponseStore(llm.store_path) as store:
+            with ResponseStore(llm.store_path) as store:
+                if self.dry_run:  # plan from the store alone: no server, no request
                     self.plan_only(dataset, samples, store, llm.model)
-            torch.set_num_threads(1)  # beside the llama.cpp server (see recbole_ext.llm.serve)
-            with llm_session(llm, show_progress=False) as c:
-                texts = self.ensure_explanations(c, dataset, samples, show_progress)
+                texts = self.stored_explanations(dataset, samples, store, llm.model)
+            if texts is None:  # some are missing: open a session on the endpoint
+                from recbole_ext.llm.serve import llm_session
+
+                torch.set_num_threads(1)  # beside the llama.cpp server (see recbole_ext.llm.serve)
+                with llm_session(llm, show_progress=False) as c:
+                    texts = self.ensure_explanations(c, dataset, samples, show_progress)
         else:
             texts = self.ensure_explanations(client, dataset, samples, show_progress)
         used = samples.used()
@@ -166,6 +168,19 @@ class LRRecsysTrainer(Trainer):
         self.logger.info(plan.describe())
         print(plan.describe(), flush=True)
         raise SystemExit(0)
+
+    def stored_explanations(self, dataset, samples: SampleTable, store, llm_model: str):
+        """Every sample's explanations read from ``store`` alone (no server is started), or
+        ``None`` when some record is missing."""
+        generator = self._generator(None, dataset, store=store, llm_model=llm_model)
+        sample_texts = samples.texts(samples.used())
+        plan = generator.plan(sample_texts)
+        if plan.calls:
+            return None
+        texts = generator.explanations(sample_texts, progress=False)
+        self.llm_usage = {"requests": 0, "llm_model": llm_model, "records_read": len(texts)}
+        self.explanations = texts
+        return texts
 
     def ensure_explanations(self, client, dataset, samples: SampleTable, show_progress: bool):
         """Stored explanations of every sample, generating the missing ones."""

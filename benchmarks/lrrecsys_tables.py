@@ -1,0 +1,244 @@
+"""LR-Recsys result tables on the documented ml-100k preset, every cell a mean ± std over seeds.
+
+    # Table 2: LRRecsys vs RecBole's DeepFM, DIN, FM, xDeepFM, AutoInt, WideDeep, same rows
+    python benchmarks/lrrecsys_tables.py table2 --seeds=1,2,3
+    # Tables 4-6 / C.5: free vectors, raw sentence embeddings, positive only, profiles, summary
+    python benchmarks/lrrecsys_tables.py ablation --seeds=1,2,3
+    # Table 3: learning efficiency (share of the training samples kept, same test set)
+    python benchmarks/lrrecsys_tables.py efficiency --seeds=1,2,3 [--fractions=0.12,0.25,0.5,1]
+        [--variants=lrrecsys,free,FM] [--tasks=classification] [--key=value ...]  # config overrides
+
+Preset (``PRESET``): 40 users drawn with ``lrrecsys_subset_seed=2020``, each user's earliest 20
+interactions -> 760 samples with 5-item histories, split per user in time 600 / 40 / 120
+(train / valid / test) by ``properties/protocol/lrrecsys.yaml``; every model, LRRecsys and the
+RecBole baselines alike, is built on that protocol (``dataset_class: LRRecsysDataset``), so all see
+the same rows (``tests/test_lrrecsys_baselines.py``). The baselines get the inputs of LR-Recsys's
+DNN without the explanations: user id, item id, the 5-item history and hour / weekday.
+
+Each run is written to ``<output>/runs/<variant>__<task>[__frac<f>]__seed<k>.json`` and skipped
+when that file exists (a rerun resumes); a table is written to ``<output>/<table>.json`` and
+``<table>.md``. Explanations are read from the response store (``llm_store_path``); with
+``lrrecsys_generate_missing=False`` (set here unless ``--generate``) a missing one is an error
+instead of hours of LLM calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recbole_ext.quick_start import run
+
+STORE = "benchmarks/results/lrrecsys/llm_store.sqlite"
+PRESET = {
+    "lrrecsys_max_users": 40,
+    "lrrecsys_max_user_interactions": 20,
+    "lrrecsys_use_profiles": False,
+    "llm_store_path": STORE,
+    "show_progress": False,
+}
+RATING_SPAN = 4.0  # lrrecsys_rating_range [1, 5]
+TASKS = {
+    "classification": {},
+    "regression": {
+        "lrrecsys_task": "regression",
+        "metrics": ["RMSE", "MAE"],
+        "valid_metric": "RMSE",
+    },
+}
+# Baselines: interactions only (no user / item side features): ids, item history, hour, weekday.
+ID_FEATURES = {"load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}}
+BASELINES = ["DeepFM", "DIN", "FM", "xDeepFM", "AutoInt", "WideDeep"]
+# variant id -> (table label, model, overrides)
+VARIANTS = {
+    "lrrecsys": ("LR-Recsys (AE explanations, no profiles)", "LRRecsys", {}),
+    **{name: (f"{name} (RecBole)", name, ID_FEATURES) for name in BASELINES},
+    "free": (
+        "Ablation 1: free learnable vectors",
+        "LRRecsys",
+        {"lrrecsys_explanation_source": "free"},
+    ),
+    "sentence_encoder": (
+        "Ablation 2: raw MiniLM embeddings, no AE",
+        "LRRecsys",
+        {"lrrecsys_explanation_source": "sentence_encoder"},
+    ),
+    "positive_only": ("Positive explanations only", "LRRecsys", {"lrrecsys_use_negative": False}),
+    "profiles": ("With CoT profile augmentation", "LRRecsys", {"lrrecsys_use_profiles": True}),
+    "summary": (
+        "History summarisation (C.2.4)",
+        "LRRecsys",
+        {"lrrecsys_explanation_mode": "summary"},
+    ),
+}
+TABLES = {
+    "table2": ["lrrecsys", *BASELINES],
+    "ablation": ["lrrecsys", "free", "sentence_encoder", "positive_only", "profiles", "summary"],
+    "efficiency": ["lrrecsys", "free"],
+}
+COLUMNS = {
+    "auc": "AUC ↑",
+    "logloss": "LogLoss ↓",
+    "rmse": "RMSE (1-5) ↓",
+    "mae": "MAE (1-5) ↓",
+    "rmse_norm": "RMSE (norm.) ↓",
+    "mae_norm": "MAE (norm.) ↓",
+}
+
+
+def table_metrics(test: dict, task: str, label_is_rating: bool, span: float = RATING_SPAN) -> dict:
+    """Test metrics on both rating scales.
+
+    LRRecsys regresses the rating itself (RMSE on 1-5); RecBole's CTR models regress the rating
+    rescaled to [0, 1] (their RMSE is on the normalised scale).
+
+    >>> table_metrics({"rmse": 0.25, "mae": 0.2}, "regression", label_is_rating=False)
+    {'rmse': 1.0, 'mae': 0.8, 'rmse_norm': 0.25, 'mae_norm': 0.2}
+    >>> table_metrics({"rmse": 1.0, "mae": 0.8}, "regression", label_is_rating=True)
+    {'rmse': 1.0, 'mae': 0.8, 'rmse_norm': 0.25, 'mae_norm': 0.2}
+    """
+    if task == "classification":
+        return {"auc": test["auc"], "logloss": test["logloss"]}
+    scale = 1.0 if label_is_rating else span
+    rmse, mae = test["rmse"] * scale, test["mae"] * scale
+    return {"rmse": rmse, "mae": mae, "rmse_norm": rmse / span, "mae_norm": mae / span}
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` (ddof = 1) with 3 decimals.
+
+    >>> mean_std([0.5, 0.7, 0.6])
+    '0.600 ± 0.100'
+    """
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{float(np.mean(values)):.3f} ± {std:.3f}"
+
+
+def run_id(variant: str, task: str, seed: int, fraction: float) -> str:
+    frac = "" if fraction == 1.0 else f"__frac{fraction:g}"
+    return f"{variant}__{task}{frac}__seed{seed}"
+
+
+def config_for(variant: str, task: str, seed: int, fraction: float, base: dict) -> tuple[str, dict]:
+    _, model, overrides = VARIANTS[variant]
+    config = {**base, **TASKS[task], **overrides, "seed": seed}
+    if model != "LRRecsys":
+        config["eval_protocol"] = "lrrecsys"  # LRRecsys's yaml sets it
+    elif task == "regression":
+        config["LABEL_FIELD"] = "rating"  # LRRecsys's regression head outputs the rating
+    if fraction != 1.0:
+        config["lrrecsys_train_fraction"] = fraction
+    return model, config
+
+
+def run_one(variant, task, seed, fraction, base, runs_dir: Path, cmd_args: list[str]) -> dict:
+    path = runs_dir / f"{run_id(variant, task, seed, fraction)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    model, config = config_for(variant, task, seed, fraction, base)
+    start = time.perf_counter()
+    result = run(model, "ml-100k", config_dict=config, cmd_args=cmd_args)
+    record = {
+        "variant": variant,
+        "model": model,
+        "task": task,
+        "seed": seed,
+        "train_fraction": fraction,
+        "metrics": table_metrics(result["test_result"], task, model == "LRRecsys"),
+        "test_result": result["test_result"],
+        "valid_result": result["valid_result"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "num_parameters": result["num_parameters"],
+        "llm_usage": result["llm_usage"],
+        "overrides": config,
+        "cmd_args": cmd_args,
+    }
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("variant", "task", "seed", "metrics")}), flush=True)
+    return record
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """One row per (variant, fraction): mean ± std of each metric over seeds."""
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        row = rows.setdefault(
+            (r["variant"], r["train_fraction"]),
+            {"variant": r["variant"], "train_fraction": r["train_fraction"], "values": {}},
+        )
+        for name, value in r["metrics"].items():
+            row["values"].setdefault(name, []).append(value)
+        row.setdefault("seeds", set()).add(r["seed"])
+    out = []
+    for row in rows.values():
+        out.append(
+            {
+                "variant": row["variant"],
+                "label": VARIANTS[row["variant"]][0],
+                "train_fraction": row["train_fraction"],
+                "seeds": sorted(row["seeds"]),
+                "cells": {k: mean_std(v) for k, v in row["values"].items()},
+                "values": row["values"],
+            }
+        )
+    return out
+
+
+def markdown(rows: list[dict], with_fraction: bool) -> str:
+    head = ["", *(["train data"] if with_fraction else []), *COLUMNS.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["label"]]
+        if with_fraction:
+            cells.append(f"{row['train_fraction']:.0%}")
+        cells += [row["cells"].get(key, "") for key in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("--output", default="benchmarks/results/lrrecsys")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds")
+    parser.add_argument("--variants", default=None, help=f"subset of {sorted(VARIANTS)}")
+    parser.add_argument("--tasks", default="classification,regression")
+    parser.add_argument("--fractions", default="0.12,0.25,0.5,1", help="efficiency table only")
+    parser.add_argument("--generate", action="store_true", help="let runs call the LLM")
+    args, cmd_args = parser.parse_known_args()
+    torch.set_num_threads(1)
+    out = Path(args.output)
+    base = {
+        **PRESET,
+        "checkpoint_dir": str(out / "saved"),
+        "lrrecsys_generate_missing": args.generate,
+    }
+    variants = args.variants.split(",") if args.variants else TABLES[args.table]
+    fractions = (
+        [float(f) for f in args.fractions.split(",")] if args.table == "efficiency" else [1.0]
+    )
+    records = []
+    for task in args.tasks.split(","):
+        for variant in variants:
+            for fraction in fractions:
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    records.append(
+                        run_one(variant, task, seed, fraction, base, out / "runs", cmd_args)
+                    )
+    rows = summarise(records)
+    with_fraction = args.table == "efficiency"
+    (out / f"{args.table}.json").write_text(
+        json.dumps({"preset": base, "cmd_args": cmd_args, "rows": rows}, indent=2) + "\n"
+    )
+    (out / f"{args.table}.md").write_text(markdown(rows, with_fraction))
+    print(markdown(rows, with_fraction))
+
+
+if __name__ == "__main__":
+    main()
