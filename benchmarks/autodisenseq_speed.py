@@ -1,6 +1,7 @@
 """AutoDisenSeq speed and memory, as ratios to RecBole's SASRec (issue 5), in one process.
 
     python benchmarks/autodisenseq_speed.py [--dataset ml-100k] [--batches N] [--archs 20]
+    python benchmarks/autodisenseq_speed.py --dropout      # FastDropout vs nn.Dropout only
 
 Times one training epoch (or its first N mini-batches, the same N for every model) of
 1. RecBole's SASRec (hidden 64, 2 single-head blocks, inner 256, batch 256, max length 50),
@@ -24,6 +25,7 @@ from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from recbole_ext.config import Config
+from recbole_ext.model.layers import FastDropout
 from recbole_ext.utils import create_dataset, get_model, get_trainer
 
 COMMON = {
@@ -75,14 +77,33 @@ def epoch_seconds(trainer, train_data, n_batches, sample=False):
     return time.perf_counter() - start, len(loader)
 
 
+def dropout_ms(module, shape=(512, 50, 64), repeats=20):
+    """Milliseconds of one forward + backward of ``module`` in training mode."""
+    x = torch.randn(shape, requires_grad=True)
+    module.train()
+    module(x).sum().backward()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        module(x).sum().backward()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--batches", type=int, default=None, help="first N batches per epoch")
     parser.add_argument("--archs", type=int, default=20, help="architectures to evaluate")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--dropout", action="store_true", help="time the dropout layers only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.dropout:
+        slow, fast = dropout_ms(torch.nn.Dropout(0.2)), dropout_ms(FastDropout(0.2))
+        print(
+            f"(512, 50, 64) forward+backward, {args.threads} thread(s): nn.Dropout {slow:.1f} ms,"
+        )
+        print(f"FastDropout {fast:.1f} ms ({slow / fast:.2f}x faster)")
+        return
 
     sasrec, train_data, _ = setup("SASRec", args.dataset, {"n_layers": 2, "n_heads": 1})
     t_sasrec, n = epoch_seconds(sasrec, train_data, args.batches)

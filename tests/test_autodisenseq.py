@@ -21,7 +21,7 @@ import recbole_ext.model.sequential_recommender.autodisenseq as model_module
 import recbole_ext.trainer.autodisenseq as trainer_module
 from recbole_ext.config import Config
 from recbole_ext.data.seq2seq import FUTURE_FIELD, FUTURE_LENGTH_FIELD, reversed_futures
-from recbole_ext.model.layers import IntentionDisentanglement
+from recbole_ext.model.layers import FastDropout, IntentionDisentanglement
 from recbole_ext.model.nas.evolution import evolutionary_search
 from recbole_ext.model.nas.render import render_architecture
 from recbole_ext.model.nas.space import (
@@ -65,6 +65,23 @@ def test_space_size_matches_eq19_and_enumeration(n_layers, n_ops):
     assert space_size(n_layers, n_ops) == eq19 == len(space)
     assert sum(1 for _ in space.enumerate()) == eq19
     assert len(set(space.enumerate())) == eq19  # no duplicates
+
+
+def test_fast_dropout_keeps_one_minus_p_scaled_and_routes_gradients():
+    torch.manual_seed(0)
+    layer = FastDropout(0.25)
+    x = torch.full((200, 50, 64), 2.0, requires_grad=True)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01  # 640,000 draws
+    assert torch.allclose(y[kept], torch.tensor(2.0 / 0.75))  # inverted dropout scale
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # dropped elements get no gradient
+    assert torch.allclose(x.grad[kept], torch.tensor(1 / 0.75))
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+    assert torch.equal(FastDropout(0.0).train()(x), x)
 
 
 def test_space_size_hand_values():
@@ -355,6 +372,26 @@ def test_predict_matches_full_sort_and_max_over_intents(tiny_data):
     expected = torch.tensor([max(float(h[b] @ phi[b, k]) for k in range(4)) for b in range(6)]) / 4
     torch.testing.assert_close(scores, expected)
     torch.testing.assert_close(scores, full[torch.arange(6), batch["item_id"]])
+
+
+def test_padding_never_reaches_valid_positions_for_any_sampled_architecture(tiny_data):
+    """The encoder's (L, L) causal mask is exact for left-aligned sequences: filling the padding
+    with real items changes no φ, whatever architecture (conv, attention from any layer) runs."""
+    _, (train_data, _, _) = tiny_data
+    model = _model(tiny_data, n_layers=3, arch_search=True).eval()
+    inter = train_data._dataset.inter_feat[torch.arange(40)]
+    seqs, lengths = inter["item_id_list"], inter["item_length"]
+    assert (lengths < seqs.size(1)).any()
+    padding = torch.arange(seqs.size(1)).unsqueeze(0) >= lengths.unsqueeze(1)  # (B, L)
+    filled = torch.where(padding, torch.randint_like(seqs, 1, model.n_items), seqs)
+    rng = random.Random(0)
+    with torch.no_grad():
+        for _ in range(10):
+            arch = model.space.sample(rng)
+            beta = torch.zeros_like(lengths)
+            torch.testing.assert_close(
+                model.encode(seqs, lengths, beta, arch), model.encode(filled, lengths, beta, arch)
+            )
 
 
 def test_a_training_step_lowers_the_loss_and_lambda_zero_is_s2i_only(tiny_data):

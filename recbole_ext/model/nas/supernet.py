@@ -25,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from recbole_ext.model.layers import FastDropout
 from recbole_ext.model.nas.ops import PARAMETER_FREE_OPS, apply_op, build_op
 from recbole_ext.model.nas.space import AdditionLayer, Architecture, SearchSpace
 
@@ -99,7 +100,8 @@ class AttentionSupernet(nn.Module):
         space: the search space (W hidden layers, operation pool).
         hidden_size: D.
         inner_size: hidden size of the ``ffn`` operation.
-        hidden_dropout: dropout on operation and attention outputs.
+        hidden_dropout: dropout on the outputs of an addition layer's parametrised operations
+            and of attention (after W_O), as SASRec's FFN and attention outputs.
         attn_dropout: dropout on attention probabilities.
         layer_norm_eps: LayerNorm epsilon.
         archs: build only the modules these architectures use (None: the whole supernet).
@@ -136,24 +138,23 @@ class AttentionSupernet(nn.Module):
             elif len(parts) == 3:
                 self.projections[key] = nn.Linear(hidden_size, hidden_size)
             else:
-                self.connections[key] = build_op(parts[3], hidden_size, inner_size, hidden_dropout)
-        self.hidden_dropout = nn.Dropout(hidden_dropout)
-        self.attn_dropout = nn.Dropout(attn_dropout)
+                self.connections[key] = build_op(parts[3], hidden_size, inner_size)
+        self.hidden_dropout = FastDropout(hidden_dropout)
+        self.attn_dropout = FastDropout(attn_dropout)
 
     def _connect(self, k, j, src, role, op, x):
         if role != "add":
             x = self.projections[connection_key(k, j, src, role)](x)  # S = X W (Eq. 14)
-        module = (
-            None
-            if op in PARAMETER_FREE_OPS
-            else self.connections[connection_key(k, j, src, role, op)]
-        )
-        return apply_op(op, module, x)  # O(S) (Eq. 15)
+        if op in PARAMETER_FREE_OPS:
+            return apply_op(op, None, x)
+        out = apply_op(op, self.connections[connection_key(k, j, src, role, op)], x)  # O(S), Eq. 15
+        return self.hidden_dropout(out) if role == "add" else out
 
     def forward(self, x0: torch.Tensor, attn_mask: torch.Tensor, arch: Architecture):
         """Args:
             x0: (B, L, D) input layer.
-            attn_mask: (B, L, L) additive mask (0 where query i may attend key j, else -1e9).
+            attn_mask: (L, L) or (B, L, L) additive mask (0 where query i may attend key j,
+                else -1e9; :func:`recbole_ext.model.layers.causal_mask`).
             arch: the architecture to run.
 
         Returns:

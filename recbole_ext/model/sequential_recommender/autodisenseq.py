@@ -41,7 +41,11 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_ext.data.seq2seq import FUTURE_FIELD, FUTURE_LENGTH_FIELD, attach_futures
-from recbole_ext.model.layers import IntentionDisentanglement, causal_padding_mask
+from recbole_ext.model.layers import (
+    FastDropout,
+    IntentionDisentanglement,
+    causal_mask,
+)
 from recbole_ext.model.nas.space import Architecture, SearchSpace, load_arch
 from recbole_ext.model.nas.supernet import AttentionSupernet
 
@@ -134,7 +138,7 @@ class AutoDisenSeq(SequentialRecommender):
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.input_norm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
-        self.input_dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.input_dropout = FastDropout(self.hidden_dropout_prob)
         self.encoder = self._build_encoder(architecture)
         self.disentanglement = IntentionDisentanglement(
             self.hidden_size, self.n_intents, self.max_seq_length, self.layer_norm_eps
@@ -219,7 +223,8 @@ class AutoDisenSeq(SequentialRecommender):
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
         x = self.input_dropout(self.input_norm(x))  # (B, L, D)
-        z = self.encoder(x, causal_padding_mask(item_seq), architecture)  # (B, L, D)
+        mask = causal_mask(item_seq.size(1), item_seq.device)  # (L, L): exact for left alignment
+        z = self.encoder(x, mask, architecture)  # (B, L, D)
         if not self.disentangle:
             return self.gather_indexes(z, (lengths - 1).clamp(min=0)).unsqueeze(1)  # (B, 1, D)
         return self.disentanglement(z, lengths, beta_set)
