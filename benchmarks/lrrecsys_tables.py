@@ -25,6 +25,7 @@ instead of hours of LLM calls.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -109,6 +110,58 @@ def table_metrics(test: dict, task: str, label_is_rating: bool, span: float = RA
     return {"rmse": rmse, "mae": mae, "rmse_norm": rmse / span, "mae_norm": mae / span}
 
 
+def constant_predictor_metrics(
+    train_ratings: np.ndarray, test_ratings: np.ndarray, threshold: float = 4, span: float = 4
+) -> dict:
+    """Test metrics of predicting, for every test sample, the training mean rating (regression)
+    and the training share of high ratings (classification; AUC is 0.5 by construction).
+
+    >>> m = constant_predictor_metrics(np.array([5, 3, 4, 4]), np.array([5, 2]))
+    >>> {k: round(v, 4) for k, v in m.items()}  # mean 4, share 0.75
+    {'auc': 0.5, 'logloss': 0.837, 'rmse': 1.5811, 'mae': 1.5, 'rmse_norm': 0.3953, 'mae_norm': 0.375}
+    """
+    mean = float(np.mean(train_ratings))
+    share = float(np.mean(train_ratings >= threshold))
+    error = np.asarray(test_ratings, dtype=np.float64) - mean
+    high = np.asarray(test_ratings) >= threshold
+    logloss = -float(np.mean(np.where(high, np.log(share), np.log(1 - share))))
+    rmse, mae = float(np.sqrt(np.mean(error**2))), float(np.mean(np.abs(error)))
+    return {
+        "auc": 0.5,
+        "logloss": logloss,
+        "rmse": rmse,
+        "mae": mae,
+        "rmse_norm": rmse / span,
+        "mae_norm": mae / span,
+    }
+
+
+def constant_predictor_row(base: dict, cmd_args: list[str]) -> dict:
+    """The constant predictor on the preset's rows (built once; no training, no seed)."""
+    from recbole_ext.config import Config
+    from recbole_ext.utils import create_dataset
+
+    config = Config(
+        "FM",
+        "ml-100k",
+        config_dict={**base, **ID_FEATURES, "eval_protocol": "lrrecsys"},
+        cmd_args=cmd_args,
+    )
+    train, _, test = create_dataset(config).build()
+    metrics = constant_predictor_metrics(
+        train.inter_feat["rating"].numpy(), test.inter_feat["rating"].numpy()
+    )
+    return {
+        "variant": "constant",
+        "label": "Constant: training mean rating / share of high ratings",
+        "train_fraction": 1.0,
+        "seeds": [],
+        "learning_rate": {},
+        "cells": {k: f"{v:.3f}" for k, v in metrics.items()},
+        "values": metrics,
+    }
+
+
 def mean_std(values: list[float]) -> str:
     """``mean ± sample std`` (ddof = 1) with 3 decimals.
 
@@ -119,14 +172,26 @@ def mean_std(values: list[float]) -> str:
     return f"{float(np.mean(values)):.3f} ± {std:.3f}"
 
 
-def run_id(variant: str, task: str, seed: int, fraction: float) -> str:
+DEFAULT_LR = 0.01  # properties/protocol/lrrecsys.yaml (Appendix C.1)
+VALID_METRIC = {"classification": ("auc", max), "regression": ("rmse", min)}
+
+
+def run_id(variant: str, task: str, seed: int, fraction: float, lr: float = DEFAULT_LR) -> str:
+    """File stem of one run.
+
+    >>> run_id("FM", "regression", 2, 0.25, 0.001)
+    'FM__regression__frac0.25__lr0.001__seed2'
+    """
     frac = "" if fraction == 1.0 else f"__frac{fraction:g}"
-    return f"{variant}__{task}{frac}__seed{seed}"
+    rate = "" if lr == DEFAULT_LR else f"__lr{lr:g}"
+    return f"{variant}__{task}{frac}{rate}__seed{seed}"
 
 
-def config_for(variant: str, task: str, seed: int, fraction: float, base: dict) -> tuple[str, dict]:
+def config_for(
+    variant: str, task: str, seed: int, fraction: float, base: dict, lr: float = DEFAULT_LR
+) -> tuple[str, dict]:
     _, model, overrides = VARIANTS[variant]
-    config = {**base, **TASKS[task], **overrides, "seed": seed}
+    config = {**base, **TASKS[task], **overrides, "seed": seed, "learning_rate": lr}
     if model != "LRRecsys":
         config["eval_protocol"] = "lrrecsys"  # LRRecsys's yaml sets it
     elif task == "regression":
@@ -136,11 +201,11 @@ def config_for(variant: str, task: str, seed: int, fraction: float, base: dict) 
     return model, config
 
 
-def run_one(variant, task, seed, fraction, base, runs_dir: Path, cmd_args: list[str]) -> dict:
-    path = runs_dir / f"{run_id(variant, task, seed, fraction)}.json"
+def run_one(variant, task, seed, fraction, lr, base, runs_dir: Path, cmd_args: list[str]) -> dict:
+    path = runs_dir / f"{run_id(variant, task, seed, fraction, lr)}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    model, config = config_for(variant, task, seed, fraction, base)
+    model, config = config_for(variant, task, seed, fraction, base, lr)
     start = time.perf_counter()
     result = run(model, "ml-100k", config_dict=config, cmd_args=cmd_args)
     record = {
@@ -149,12 +214,14 @@ def run_one(variant, task, seed, fraction, base, runs_dir: Path, cmd_args: list[
         "task": task,
         "seed": seed,
         "train_fraction": fraction,
+        "learning_rate": result["config"]["learning_rate"],
         "metrics": table_metrics(result["test_result"], task, model == "LRRecsys"),
         "test_result": result["test_result"],
         "valid_result": result["valid_result"],
         "seconds": round(time.perf_counter() - start, 1),
         "num_parameters": result["num_parameters"],
         "llm_usage": result["llm_usage"],
+        "model_file": result["model_file"],
         "overrides": config,
         "cmd_args": cmd_args,
     }
@@ -164,10 +231,26 @@ def run_one(variant, task, seed, fraction, base, runs_dir: Path, cmd_args: list[
     return record
 
 
-def summarise(records: list[dict]) -> list[dict]:
-    """One row per (variant, fraction): mean ± std of each metric over seeds."""
-    rows: dict[tuple, dict] = {}
+def select_by_validation(records: list[dict]) -> list[dict]:
+    """Per (variant, train fraction, task): the runs of the learning rate whose mean validation
+    score over seeds is best (AUC highest, RMSE lowest); test metrics play no part."""
+    groups: dict[tuple, dict[float, list[dict]]] = {}
     for r in records:
+        key = (r["variant"], r["train_fraction"], r["task"])
+        groups.setdefault(key, {}).setdefault(r["learning_rate"], []).append(r)
+    chosen = []
+    for (_, _, task), by_lr in groups.items():
+        metric, best = VALID_METRIC[task]
+        lr = best(by_lr, key=lambda k: np.mean([r["valid_result"][metric] for r in by_lr[k]]))
+        chosen += by_lr[lr]
+    return chosen
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """One row per (variant, fraction): mean ± std over seeds of each metric, at the learning
+    rate chosen on validation for each task."""
+    rows: dict[tuple, dict] = {}
+    for r in select_by_validation(records):
         row = rows.setdefault(
             (r["variant"], r["train_fraction"]),
             {"variant": r["variant"], "train_fraction": r["train_fraction"], "values": {}},
@@ -175,29 +258,33 @@ def summarise(records: list[dict]) -> list[dict]:
         for name, value in r["metrics"].items():
             row["values"].setdefault(name, []).append(value)
         row.setdefault("seeds", set()).add(r["seed"])
-    out = []
-    for row in rows.values():
-        out.append(
-            {
-                "variant": row["variant"],
-                "label": VARIANTS[row["variant"]][0],
-                "train_fraction": row["train_fraction"],
-                "seeds": sorted(row["seeds"]),
-                "cells": {k: mean_std(v) for k, v in row["values"].items()},
-                "values": row["values"],
-            }
-        )
-    return out
+        row.setdefault("learning_rate", {})[r["task"]] = r["learning_rate"]
+    return [
+        {
+            "variant": row["variant"],
+            "label": VARIANTS[row["variant"]][0],
+            "train_fraction": row["train_fraction"],
+            "seeds": sorted(row["seeds"]),
+            "learning_rate": row["learning_rate"],
+            "cells": {k: mean_std(v) for k, v in row["values"].items()},
+            "values": row["values"],
+        }
+        for row in rows.values()
+    ]
 
 
-def markdown(rows: list[dict], with_fraction: bool) -> str:
+def markdown(rows: list[dict], with_fraction: bool, with_lr: bool) -> str:
     head = ["", *(["train data"] if with_fraction else []), *COLUMNS.values()]
+    head += ["lr (cls / reg)"] if with_lr else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["label"]]
         if with_fraction:
             cells.append(f"{row['train_fraction']:.0%}")
         cells += [row["cells"].get(key, "") for key in COLUMNS]
+        if with_lr:
+            lrs = row["learning_rate"]
+            cells.append(" / ".join(f"{lrs[t]:g}" if t in lrs else "-" for t in TASKS))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -210,6 +297,11 @@ def main() -> None:
     parser.add_argument("--variants", default=None, help=f"subset of {sorted(VARIANTS)}")
     parser.add_argument("--tasks", default="classification,regression")
     parser.add_argument("--fractions", default="0.12,0.25,0.5,1", help="efficiency table only")
+    parser.add_argument(
+        "--learning_rates",
+        default=str(DEFAULT_LR),
+        help="comma-separated grid; each (variant, task) reports the rate best on validation",
+    )
     parser.add_argument("--generate", action="store_true", help="let runs call the LLM")
     args, cmd_args = parser.parse_known_args()
     torch.set_num_threads(1)
@@ -223,21 +315,25 @@ def main() -> None:
     fractions = (
         [float(f) for f in args.fractions.split(",")] if args.table == "efficiency" else [1.0]
     )
+    rates = [float(r) for r in args.learning_rates.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
     records = []
     for task in args.tasks.split(","):
         for variant in variants:
-            for fraction in fractions:
-                for seed in (int(s) for s in args.seeds.split(",")):
-                    records.append(
-                        run_one(variant, task, seed, fraction, base, out / "runs", cmd_args)
-                    )
+            for fraction, lr, seed in itertools.product(fractions, rates, seeds):
+                records.append(
+                    run_one(variant, task, seed, fraction, lr, base, out / "runs", cmd_args)
+                )
     rows = summarise(records)
-    with_fraction = args.table == "efficiency"
+    if args.table == "table2":
+        rows.append(constant_predictor_row(base, cmd_args))
+    with_fraction, with_lr = args.table == "efficiency", len(rates) > 1
     (out / f"{args.table}.json").write_text(
         json.dumps({"preset": base, "cmd_args": cmd_args, "rows": rows}, indent=2) + "\n"
     )
-    (out / f"{args.table}.md").write_text(markdown(rows, with_fraction))
-    print(markdown(rows, with_fraction))
+    table = markdown(rows, with_fraction, with_lr)
+    (out / f"{args.table}.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

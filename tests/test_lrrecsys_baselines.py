@@ -14,7 +14,14 @@ from recbole_ext.quick_start import build
 from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
 
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
-from lrrecsys_tables import ID_FEATURES, config_for, mean_std, table_metrics  # noqa: E402
+from lrrecsys_tables import (  # noqa: E402
+    ID_FEATURES,
+    config_for,
+    constant_predictor_metrics,
+    mean_std,
+    select_by_validation,
+    table_metrics,
+)
 
 SUBSET = {
     "MAX_ITEM_LIST_LENGTH": 5,  # tiny.yaml says 20
@@ -119,13 +126,57 @@ def test_rescale_ratings_and_table_metrics_on_hand_values():
         "auc": 0.7,
         "logloss": 0.6,
     }
+    # constant predictor: training mean 4 and share of high ratings 0.75, test ratings 5 and 2
+    constant = constant_predictor_metrics(np.array([5, 3, 4, 4]), np.array([5, 2]))
+    assert constant == pytest.approx(
+        {
+            "auc": 0.5,
+            "logloss": -(np.log(0.75) + np.log(0.25)) / 2,
+            "rmse": np.sqrt((1 + 4) / 2),
+            "mae": 1.5,
+            "rmse_norm": np.sqrt(2.5) / 4,
+            "mae_norm": 1.5 / 4,
+        }
+    )
     assert mean_std([1.0, 2.0, 3.0]) == "2.000 ± 1.000"  # sample std
     assert mean_std([0.5]) == "0.500 ± 0.000"
 
 
+def test_learning_rate_is_chosen_on_validation_not_test():
+    def record(task, lr, seed, valid, test):
+        metric = "auc" if task == "classification" else "rmse"
+        return {
+            "variant": "FM",
+            "train_fraction": 1.0,
+            "task": task,
+            "learning_rate": lr,
+            "seed": seed,
+            "valid_result": {metric: valid},
+            "metrics": {metric: test},
+        }
+
+    records = [
+        # classification: lr 0.01 has the higher mean validation AUC (0.7 vs 0.65), worse test
+        record("classification", 0.01, 1, 0.8, 0.5),
+        record("classification", 0.01, 2, 0.6, 0.5),
+        record("classification", 0.001, 1, 0.65, 0.9),
+        record("classification", 0.001, 2, 0.65, 0.9),
+        # regression: lower validation RMSE wins (0.9 < 1.0)
+        record("regression", 0.01, 1, 1.0, 0.1),
+        record("regression", 0.001, 1, 0.9, 2.0),
+    ]
+    chosen = select_by_validation(records)
+    assert sorted((r["task"], r["learning_rate"], r["seed"]) for r in chosen) == [
+        ("classification", 0.01, 1),
+        ("classification", 0.01, 2),
+        ("regression", 0.001, 1),
+    ]
+
+
 def test_table_configs_put_every_model_on_the_protocol():
-    model, config = config_for("DIN", "regression", 3, 0.25, {"lrrecsys_max_users": 40})
+    model, config = config_for("DIN", "regression", 3, 0.25, {"lrrecsys_max_users": 40}, 0.001)
     assert model == "DIN" and config["eval_protocol"] == "lrrecsys"
+    assert config["learning_rate"] == 0.001
     assert config["lrrecsys_task"] == "regression" and config["seed"] == 3
     assert config["lrrecsys_train_fraction"] == 0.25 and "LABEL_FIELD" not in config
     model, config = config_for("free", "regression", 1, 1.0, {})
