@@ -98,9 +98,17 @@ def get_trainer(model_type: ModelType, model_name: str):
 
 
 def create_dataset(config):
-    """``recbole_ext.data.dataset.<Model>Dataset`` if it exists, else RecBole's choice."""
+    """``recbole_ext.data.dataset.<dataset_class>`` when set (e.g. ``ExpCTRDataset`` for a baseline
+    on ExpCTR's samples), else ``<Model>Dataset`` if it exists, else RecBole's choice."""
     from recbole_ext.data import dataset as our_datasets
 
+    if config["dataset_class"]:
+        if not hasattr(our_datasets, config["dataset_class"]):
+            raise ValueError(
+                f"dataset_class={config['dataset_class']!r} is not in recbole_ext.data.dataset; "
+                "unset it or name a class there (e.g. ExpCTRDataset)"
+            )
+        return getattr(our_datasets, config["dataset_class"])(config)
     dataset_class = getattr(our_datasets, f"{config['model']}Dataset", None)
     if dataset_class is not None:
         return dataset_class(config)

@@ -28,6 +28,7 @@ class Sample:
     label: int  # 1 when the target's rating >= threshold
     liked: tuple[int, ...]  # history items rated >= threshold, oldest first
     disliked: tuple[int, ...]  # history items rated < threshold, oldest first
+    history: tuple[int, ...] = ()  # all history items, oldest first (DIN/DIEN's behaviour sequence)
 
 
 def build_samples(
@@ -79,6 +80,7 @@ def build_samples(
                     label=int(ratings[target] >= threshold),
                     liked=liked,
                     disliked=disliked,
+                    history=tuple(int(items[r]) for r in history),
                 )
             )
     if max_samples is not None and len(samples) > max_samples:
@@ -94,3 +96,44 @@ def sample_key(user_token: str, item_token: str) -> str:
     '196|242'
     """
     return f"{user_token}|{item_token}"
+
+
+def padded_sequences(
+    sequences: Sequence[Sequence[int]], length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """RecBole's sequence fields of histories: ``(item_list (N, length), item_length (N,))``.
+
+    Oldest first, zero-padded at the end (RecBole's layout); an empty history becomes one padding
+    item with length 1, because DIEN's GRU packs sequences and refuses length 0.
+
+    >>> lists, lengths = padded_sequences([(4, 2), ()], length=3)
+    >>> lists.tolist(), lengths.tolist()
+    ([[4, 2, 0], [0, 0, 0]], [2, 1])
+    """
+    lists = np.zeros((len(sequences), length), dtype=np.int64)
+    lengths = np.ones(len(sequences), dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        if len(sequence) > length:
+            raise ValueError(
+                f"a history of {len(sequence)} items does not fit MAX_ITEM_LIST_LENGTH={length}: "
+                "set MAX_ITEM_LIST_LENGTH >= expctr_max_history."
+            )
+        lists[row, : len(sequence)] = sequence
+        lengths[row] = max(1, len(sequence))
+    return lists, lengths
+
+
+def negative_sequences(
+    item_lists: np.ndarray, n_items: int, rng: np.random.Generator
+) -> np.ndarray:
+    """DIEN's auxiliary negatives: for every real history item a uniformly drawn other item id in
+    ``[1, n_items)``; padding stays 0.
+
+    >>> negative_sequences(np.array([[1, 2, 0]]), 3, np.random.default_rng(0)).tolist()
+    [[2, 1, 0]]
+    """
+    if n_items < 3:
+        raise ValueError("negative sequences need at least two real items besides padding")
+    negatives = rng.integers(1, n_items - 1, size=item_lists.shape)  # (N, L) in [1, n_items - 2]
+    negatives = negatives + (negatives >= item_lists)  # skip the positive: uniform over the others
+    return np.where(item_lists > 0, negatives, 0)

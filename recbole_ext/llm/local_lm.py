@@ -112,6 +112,34 @@ def chat_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
+def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """Ids of the first token of each word (``["Yes"]`` -> the id of ``Yes``), sorted, distinct."""
+    return sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
+
+
+def yes_no_logprobs(
+    model: Any,
+    tokenizer: Any,
+    messages_batch: Sequence[Sequence[Mapping[str, str]]],
+    pos_ids: Sequence[int],
+    neg_ids: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p(V_pos), log p(V_neg))`` of the first reply token of each chat prompt: (B,), (B,).
+
+    The prompts form one left-padded batch; a word set's log-probability is the logsumexp over its
+    ids. Gradients flow unless the caller is under ``torch.no_grad`` (or :func:`reference_mode`):
+    TALLRec trains on these, ExpCTR's LC reward reads them from the frozen base model.
+    """
+    prompts = [chat_prompt(tokenizer, messages) for messages in messages_batch]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    device = next(model.parameters()).device
+    logits = model(**inputs.to(device), logits_to_keep=1).logits[:, -1]  # (B, V)
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+    yes = torch.logsumexp(logprobs[:, list(pos_ids)], dim=-1)  # (B,)
+    no = torch.logsumexp(logprobs[:, list(neg_ids)], dim=-1)  # (B,)
+    return yes, no
+
+
 @torch.no_grad()
 def next_token_top_logprobs(
     model: Any, tokenizer: Any, messages: Sequence[Mapping[str, str]], k: int

@@ -99,11 +99,13 @@ class ExpCTRConfig:
 
     @classmethod
     def from_recbole_config(cls, config: Any) -> ExpCTRConfig:
-        return cls(**_read(config, "expctr_", cls))
+        return cls(**read_prefixed(config, "expctr_", cls))
 
 
-def _read(config: Any, prefix: str, cls: type) -> dict[str, Any]:
-    """``{field: value}`` for the ``<prefix><field>`` keys of ``config``, preset applied."""
+def read_prefixed(config: Any, prefix: str, cls: type) -> dict[str, Any]:
+    """``{field: value}`` of dataclass ``cls`` from the ``<prefix><field>`` keys of ``config``
+    (ExpCTR's ``expctr_tiny_preset`` applied when ``expctr_preset: tiny``); fields without a key
+    keep their dataclass default."""
     preset = config["expctr_preset"] if "expctr_preset" in config else "paper"
     overrides: Mapping[str, Any] = {}
     if preset == "tiny" and "expctr_tiny_preset" in config:
@@ -129,8 +131,8 @@ def ppo_config(config: Any):
     """:class:`~recbole_ext.rl.ppo.PPOConfig` from the ``ppo_*`` keys (preset applied)."""
     from recbole_ext.rl.ppo import PPOConfig
 
-    return PPOConfig(**_read(config, "ppo_", PPOConfig))
+    return PPOConfig(**read_prefixed(config, "ppo_", PPOConfig))
 
 
 def lora_settings(config: Any) -> LoRASettings:
-    return LoRASettings(**_read(config, "lora_", LoRASettings))
+    return LoRASettings(**read_prefixed(config, "lora_", LoRASettings))

@@ -37,9 +37,10 @@ from recbole.utils import set_color
 from tqdm.auto import tqdm
 
 from recbole_ext.config import config_to_plain
+from recbole_ext.data.expctr_dataset import history_texts
 from recbole_ext.data.item_text import item_texts
 from recbole_ext.llm.config import LLMConfig
-from recbole_ext.llm.local_lm import chat_prompt, reference_mode
+from recbole_ext.llm.local_lm import first_token_ids, reference_mode, yes_no_logprobs
 from recbole_ext.llm.store import ResponseStore
 from recbole_ext.rl import (
     PromptDomain,
@@ -185,15 +186,12 @@ class ExpCTRTrainer(Trainer):
             self.policy.eval()  # no dropout in rollouts or updates; gradients still flow
             self.ppo_optimizer = make_optimizer(self.policy, self.value_head, self.ppo)
             self._token_ids = {
-                "pos": self._first_token_ids(self.settings.pos_tokens),
-                "neg": self._first_token_ids(self.settings.neg_tokens),
+                "pos": first_token_ids(self.tokenizer, self.settings.pos_tokens),
+                "neg": first_token_ids(self.tokenizer, self.settings.neg_tokens),
             }
         if self._pending_generator is not None:
             self._restore_generator(self._pending_generator)
             self._pending_generator = None
-
-    def _first_token_ids(self, words) -> list[int]:
-        return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
 
     # =========================================================================================
     # fit: stage 1, then (stage 2, stage 3) x M, then the final stage 2
@@ -351,15 +349,14 @@ class ExpCTRTrainer(Trainer):
     def _yes_no_scores(self, messages_batch: list[list[dict]]) -> list[float]:
         """Eq. 8 from the frozen base model's first-token log-probabilities (left-padded batch)."""
         self._ensure_policy()
-        prompts = [chat_prompt(self.tokenizer, m) for m in messages_batch]
-        inputs = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, add_special_tokens=False
-        )
         with reference_mode(self.policy):
-            logits = self.policy(**inputs, logits_to_keep=1).logits[:, -1]  # (B, V)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        yes = torch.logsumexp(logprobs[:, self._token_ids["pos"]], dim=-1)  # (B,)
-        no = torch.logsumexp(logprobs[:, self._token_ids["neg"]], dim=-1)
+            yes, no = yes_no_logprobs(
+                self.policy,
+                self.tokenizer,
+                messages_batch,
+                self._token_ids["pos"],
+                self._token_ids["neg"],
+            )  # (B,), (B,)
         if self.settings.lc_score_input == "prob":
             yes, no = yes.exp(), no.exp()
         self.score_calls += 1
@@ -509,10 +506,9 @@ class ExpCTRTrainer(Trainer):
         labels = inter[dataset.label_field].tolist()
         samples = []
         for row, (user, item, label) in enumerate(zip(users, items, labels, strict=True)):
-            liked, disliked = dataset.expctr_history[(user, item)]
-            liked_text = [self._item_text[i] for i in liked]
-            disliked_text = [self._item_text[i] for i in disliked]
-            target = self._item_text[item]
+            liked_text, disliked_text, target = history_texts(
+                dataset.expctr_history, self._item_text, user, item
+            )
             key = dataset.expctr_key(user, item)
             self._pairs[key] = (user, item)
             samples.append(
