@@ -7,6 +7,8 @@
     python benchmarks/lrrecsys_analysis.py explain --model_file=F --user=196 --k=5
     # §5.5.3: top keywords of an item's positive vs negative explanations
     python benchmarks/lrrecsys_analysis.py keywords --model_file=F --item=50
+    # what the LLM wrote for the run's samples: empty / cut-off / repeated explanations
+    python benchmarks/lrrecsys_analysis.py texts --model_file=F
 
 Explanations are read from the response store the run used (``llm_store_path``); no LLM call is
 made, so ``explain`` ranks the items that have explanations (the user's held-out test items).
@@ -149,9 +151,43 @@ def keywords(config, dataset, item: str, k: int) -> dict:
     }
 
 
+def explanation_stats(texts: list[dict[str, str]], top: int = 3) -> dict:
+    """How the explanations read, per slot (``pos`` / ``neg``): share empty, share cut off (no
+    closing ``.``, ``!``, ``?`` or quote: the token limit hit), share of distinct texts, mean
+    words, and the most repeated texts; plus the share of samples whose two slots are equal.
+
+    >>> stats = explanation_stats([{"pos": "A b.", "neg": "C d"}, {"pos": "A b.", "neg": ""}])
+    >>> stats["pos"]["distinct_share"], stats["neg"]["cut_off_share"], stats["neg"]["empty_share"]
+    (0.5, 0.5, 0.5)
+    """
+    out: dict = {"samples": len(texts)}
+    for slot in ("pos", "neg"):
+        values = [t[slot] for t in texts]
+        counts: dict[str, int] = {}
+        for v in values:
+            counts[v] = counts.get(v, 0) + 1
+        n = max(len(values), 1)
+        out[slot] = {
+            "empty_share": sum(not v for v in values) / n,
+            "cut_off_share": sum(bool(v) and v.rstrip()[-1] not in '.!?"”' for v in values) / n,
+            "distinct_share": len(counts) / n,
+            "mean_words": float(np.mean([len(v.split()) for v in values])) if values else 0.0,
+            "most_repeated": sorted(counts.items(), key=lambda kv: -kv[1])[:top],
+        }
+    out["pos_equals_neg_share"] = sum(t["pos"] == t["neg"] for t in texts) / max(len(texts), 1)
+    return out
+
+
+def texts_report(config, dataset) -> dict:
+    samples = dataset.samples
+    found = stored_texts(config, samples, samples.used())
+    missing = sum(t is None for t in found)
+    return {"missing": missing, **explanation_stats([t for t in found if t is not None])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("view", choices=["attention", "explain", "keywords"])
+    parser.add_argument("view", choices=["attention", "explain", "keywords", "texts"])
     parser.add_argument("--model_file", required=True)
     parser.add_argument("--output", default="benchmarks/results/lrrecsys")
     parser.add_argument("--user", default=None)
@@ -166,6 +202,9 @@ def main() -> None:
     elif args.view == "explain":
         view = explain_view(config, model, test_data._dataset, test_data, args.user, args.k)
         print(json.dumps(view, indent=2, ensure_ascii=False))
+    elif args.view == "texts":
+        report = texts_report(config, test_data._dataset)
+        print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         print(json.dumps(keywords(config, test_data._dataset, args.item, args.k), indent=2))
 

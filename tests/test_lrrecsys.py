@@ -430,3 +430,26 @@ def test_ablations_raw_sentence_embeddings_and_positive_only(workdir):
     read_out = model.attention(next(iter(test_data))[0])
     shares = torch.stack([read_out[f"share_{c}"] for c in model.components], 1)
     torch.testing.assert_close(shares.sum(1), torch.ones(len(shares)))
+
+
+def test_explanation_stats_on_hand_example():
+    import sys
+
+    from tests.conftest import REPO_DIR
+
+    sys.path.insert(0, str(REPO_DIR / "benchmarks"))
+    from lrrecsys_analysis import explanation_stats
+
+    texts = [
+        {"pos": "He likes comedies.", "neg": "The plot is slow"},  # neg cut off
+        {"pos": "He likes comedies.", "neg": "It is too long."},
+        {"pos": "Great cast!", "neg": "Great cast!"},
+        {"pos": "", "neg": 'He skipped "Heat"'},  # closing quote counts as an ending
+    ]
+    stats = explanation_stats(texts, top=1)
+    assert stats["samples"] == 4 and stats["pos_equals_neg_share"] == 0.25
+    assert stats["pos"]["empty_share"] == 0.25 and stats["pos"]["cut_off_share"] == 0.0
+    assert stats["pos"]["distinct_share"] == 3 / 4  # "He likes comedies." twice
+    assert stats["pos"]["most_repeated"] == [("He likes comedies.", 2)]
+    assert stats["neg"]["cut_off_share"] == 0.25 and stats["neg"]["distinct_share"] == 1.0
+    assert stats["neg"]["mean_words"] == (4 + 4 + 2 + 3) / 4
