@@ -467,6 +467,34 @@ class ExpCTRTrainer(Trainer):
         self.logger.info(set_color("ExpCTR", "green") + f" (Aug / LLM / ICL): {dict(result)}")
         return result
 
+    def explanations_of(self, samples: list[dict], generator: str) -> tuple[list[str], list[float]]:
+        """Explanations of ``samples`` by the generator at the end of PPO stage ``generator`` and
+        their LC scores (Eq. 8), through the store (Table 2's case study).
+
+        ``"init"`` is the base LM with its adapters disabled: the explanations of ICL. Another
+        stage's explanations must be stored already (its run evaluated them) unless it is the
+        generator in memory.
+        """
+        kind = f"expctr:{self.run_key}:gen:{generator}"
+        missing = [s["key"] for s in samples if self.store.get_record(kind, s["key"]) is None]
+        if missing and generator not in ("init", self.generator_version):
+            raise ValueError(
+                f"{len(missing)} samples have no stored explanation of {generator!r} (e.g. "
+                f"{missing[0]}): evaluate them with the run that trained it (same settings)."
+            )
+        current, self.generator_version = self.generator_version, generator
+        try:
+            if generator == "init" and missing:
+                self._ensure_policy()
+                with reference_mode(self.policy):
+                    texts = self._explanations(samples)
+            else:
+                texts = self._explanations(samples)
+            scores = self._cached_scores("llm", samples, texts)
+        finally:
+            self.generator_version = current
+        return texts, scores
+
     def _cached_scores(
         self, what: str, samples: list[dict], texts: list[str] | None
     ) -> list[float]:
