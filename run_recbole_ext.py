@@ -1,7 +1,7 @@
 """recbole-ext command line.
 
     python run_recbole_ext.py --model=SASRec --dataset=ml-100k [--output=out.json]
-    python run_recbole_ext.py --benchmark --models=SASRec,GRU4Rec --seeds=3 --output=DIR
+    python run_recbole_ext.py --benchmark --models=SASRec,GRU4Rec --seeds=3 --output=DIR [--workers=4]
     python run_recbole_ext.py --tune --model=SASRec --search_space=FILE --num_samples=8 --output=DIR
     python run_recbole_ext.py --model=AutoDisenSeq --llm_rerank=True [--rerank_keep_top=0]
     python run_recbole_ext.py --rerank_from=saved/<model>.pth [--rerank_keep_top=0] --output=x.json
@@ -30,6 +30,7 @@ def parse(argv=None):
     harness.add_argument("--seeds", default=None, help="a count (3) or a list (1,2,3)")
     harness.add_argument("--suite", default=None, help="properties/benchmark/<suite>.yaml")
     harness.add_argument("--ours", default=None, help="models compared to the best baseline")
+    harness.add_argument("--workers", type=int, default=None, help="runs at a time (1)")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--tune", action="store_true", help="ASHA search with Ray Tune")
     tuning.add_argument("--search_space", default=None, help="properties/tune/<Model>.yaml")
@@ -72,6 +73,7 @@ def main(argv=None):
             "config_files": config_files or None,
             "overrides": as_dict(overrides, parser),
             "ours": args.ours.split(",") if args.ours else None,
+            "workers": args.workers,
         }
         if args.suite:
             spec = BenchmarkSpec.from_suite(args.suite, **cli)

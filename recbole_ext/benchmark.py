@@ -5,10 +5,18 @@
 
 For each seed every model trains on the same split (same seed) and is evaluated on the same
 sampled candidates (``eval_candidates_file`` = ``DIR/candidates/seed<seed>.npz``, drawn once).
-Each (model, seed) runs in a fresh process (isolated crashes, true peak memory), and its row is
-appended to ``DIR/results.jsonl`` as soon as it finishes, so rerunning the command resumes.
+Each (model, seed) runs in a fresh process (isolated crashes, true peak memory), ``workers`` of
+them at a time (``--workers=N``: on a GPU or a many-core machine), and its row is appended to
+``DIR/results.jsonl`` as soon as it finishes, so rerunning the command resumes.
 Writes ``table.md`` (mean ± std, best in bold, improvement of our models over the best baseline
 with paired t-test stars on per-user NDCG@10), ``table.csv`` and ``<headline>.png``.
+
+A suite's ``models`` may also list **variants** (ablation rows), each a named model with its own
+config on top of the suite's::
+
+    models:
+      - SASRec
+      - {name: "AutoDisenSeq (2) fixed arch", model: AutoDisenSeq, config: {arch_search: False}}
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import math
 import multiprocessing
 import resource
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from logging import getLogger
 from pathlib import Path
@@ -47,6 +55,11 @@ class BenchmarkSpec:
         default=None, metadata={"help": "models to compare against the best baseline"}
     )
     headline: str = field(default="ndcg@10", metadata={"help": "metric of the bar chart"})
+    variants: dict[str, dict] = field(
+        default_factory=dict,
+        metadata={"help": "row name → {model, config}: a model run with its own overrides"},
+    )
+    workers: int = field(default=1, metadata={"help": "(model, seed) runs at a time"})
 
     def __post_init__(self):
         if not self.models:
@@ -55,17 +68,45 @@ class BenchmarkSpec:
             raise ValueError(f"benchmark: a model is listed twice in {self.models}")
         if not self.seeds:
             raise ValueError("benchmark: --seeds must be a count >= 1 or a list of seeds")
+        if self.workers < 1:
+            raise ValueError(f"benchmark: --workers={self.workers} must be at least 1")
+        for name, variant in self.variants.items():
+            unknown = set(variant) - {"model", "config"}
+            if unknown or "model" not in variant:
+                raise ValueError(
+                    f"benchmark: variant {name!r} needs `model:` and may have `config:` "
+                    f"(got keys {sorted(variant)})"
+                )
         self.output = Path(self.output)
+
+    def model_of(self, name: str) -> str:
+        """The model class a row runs (a variant's ``model``, else the name itself)."""
+        return self.variants.get(name, {}).get("model", name)
 
     @classmethod
     def from_suite(cls, path, **cli) -> BenchmarkSpec:
         """A suite yaml (``models``, ``dataset``, ``seeds``, ``config``...) with CLI values on top."""
         suite = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(suite) - {"models", "dataset", "seeds", "config", "ours", "headline"}
+        known = {"models", "dataset", "seeds", "config", "ours", "headline", "workers"}
+        unknown = set(suite) - known
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        names, variants = [], {}
+        for entry in suite.get("models", []):
+            if isinstance(entry, str):
+                names.append(entry)
+                continue
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise ValueError(
+                    f"{path}: a `models` entry is a model name or "
+                    f"{{name: ..., model: ..., config: {{...}}}}, got {entry!r}"
+                )
+            names.append(entry["name"])
+            variants[entry["name"]] = {k: v for k, v in entry.items() if k != "name"}
         values = {
-            "models": suite.get("models", []),
+            "models": names,
+            "variants": variants,
+            "workers": suite.get("workers", 1),
             "dataset": suite.get("dataset", "ml-100k"),
             "seeds": expand_seeds(suite.get("seeds", 3)),
             "overrides": suite.get("config", {}),
@@ -93,17 +134,19 @@ def expand_seeds(seeds, first: int = 2020) -> list[int]:
 
 
 def _run_one(spec: BenchmarkSpec, model: str, seed: int) -> dict:
-    """One (model, seed) training run; executed in a fresh process."""
+    """One (model or variant, seed) training run; executed in a fresh process."""
     from recbole_ext.quick_start import run
 
     overrides = {
         **spec.overrides,
+        **spec.variants.get(model, {}).get("config", {}),
         "seed": seed,
         "eval_candidates_file": str(spec.output / "candidates" / f"seed{seed}.npz"),
         "checkpoint_dir": str(spec.output / "saved"),
     }
-    result = run(model, spec.dataset, spec.config_files or None, config_dict=overrides)
+    result = run(spec.model_of(model), spec.dataset, spec.config_files or None, overrides)
     result.pop("config")
+    result["model"] = model  # the row's name (a variant's, for ablations)
     result["seed"] = seed
     result["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
@@ -136,25 +179,27 @@ def run_benchmark(spec: BenchmarkSpec) -> Path:
     results_file = spec.output / "results.jsonl"
     done = {(r["model"], r["seed"]) for r in read_rows(results_file)}
     todo = [(m, s) for s in spec.seeds for m in spec.models if (m, s) not in done]
-    logger.info(f"benchmark: {len(done)} runs done, {len(todo)} to go")
+    logger.info(f"benchmark: {len(done)} runs done, {len(todo)} to go, {spec.workers} at a time")
     context = multiprocessing.get_context("spawn")
-    for index, (model, seed) in enumerate(todo, 1):
-        print(f"[{index}/{len(todo)}] {model} seed={seed}", flush=True)
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            row = pool.submit(_run_isolated, spec, model, seed).result()
-        target = spec.output / ("errors.jsonl" if "error" in row else "results.jsonl")
-        with target.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if "error" in row:
-            print(f"  failed: {row['error']} (see {target})", flush=True)
+    # max_tasks_per_child=1: every run gets a fresh process; rows are written here, by one writer
+    with ProcessPoolExecutor(spec.workers, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(_run_isolated, spec, m, s): (m, s) for m, s in todo}
+        for index, future in enumerate(as_completed(futures), 1):
+            model, seed = futures[future]
+            row = future.result()
+            target = spec.output / ("errors.jsonl" if "error" in row else "results.jsonl")
+            with target.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            status = f"failed: {row['error']} (see {target})" if "error" in row else "done"
+            print(f"[{index}/{len(todo)}] {model} seed={seed} {status}", flush=True)
     write_tables(spec, read_rows(results_file))
     return spec.output
 
 
-def our_models(models: list[str]) -> list[str]:
+def our_models(spec: BenchmarkSpec, models: list[str]) -> list[str]:
     from recbole_ext.utils import get_model
 
-    return [m for m in models if get_model(m).__module__.startswith("recbole_ext.")]
+    return [m for m in models if get_model(spec.model_of(m)).__module__.startswith("recbole_ext.")]
 
 
 def summarise(rows: list[dict], models: list[str]) -> dict:
@@ -198,7 +243,7 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
     metrics = [
         m for m in metrics if m not in ("train_seconds", "peak_memory_mib", "num_parameters")
     ]
-    ours = spec.ours if spec.ours is not None else our_models(models)
+    ours = spec.ours if spec.ours is not None else our_models(spec, models)
     baselines = [m for m in models if m not in ours]
 
     def better(metric):

@@ -10,6 +10,7 @@ import yaml
 from recbole.data import data_preparation
 
 import run_recbole_ext
+from recbole_ext.benchmark import BenchmarkSpec
 from recbole_ext.config import Config
 from recbole_ext.data.candidates import fix_candidates
 from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning
@@ -92,6 +93,50 @@ def test_benchmark_two_models_two_seeds_same_candidates_and_resume(workdir):
         again[3]["test_result"]
         == next(r for r in rows if r["model"] == "GRU4Rec" and r["seed"] == 2021)["test_result"]
     )  # same seed, same split, same candidates: same numbers
+
+
+def test_benchmark_suite_variants_run_in_parallel_on_the_same_candidates(workdir):
+    suite = workdir / "suite.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    "SASRec",
+                    {"name": "SASRec 1 layer", "model": "SASRec", "config": {"n_layers": 1}},
+                ],
+                "seeds": [2020],
+                "workers": 2,
+                "ours": ["SASRec 1 layer"],
+                "config": {"eval_protocol": "seq_pop100", "epochs": 1},
+            }
+        )
+    )
+    out = workdir / "bench"
+    run_recbole_ext.main(["--benchmark", f"--suite={suite}", f"--output={out}", *TINY])
+    rows = {
+        r["model"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    }
+    assert set(rows) == {"SASRec", "SASRec 1 layer"}
+    assert rows["SASRec 1 layer"]["eval_candidates"] == rows["SASRec"]["eval_candidates"]
+    # the variant's own config applied: one transformer block fewer than RecBole's default 2
+    assert rows["SASRec 1 layer"]["num_parameters"] < rows["SASRec"]["num_parameters"]
+    assert "| SASRec 1 layer |" in (out / "table.md").read_text()
+    assert not list((out / "candidates").glob(".*"))  # no partial candidate files left
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"model": "SASRec"}, "a `models` entry is a model name or"),
+        ({"name": "x", "config": {}}, "variant 'x' needs `model:`"),
+        ({"name": "x", "model": "SASRec", "overrides": {}}, "variant 'x' needs `model:`"),
+    ],
+)
+def test_benchmark_suite_rejects_malformed_variants(workdir, entry, message):
+    suite = workdir / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"models": ["SASRec", entry]}))
+    with pytest.raises(ValueError, match=message):
+        BenchmarkSpec.from_suite(suite)
 
 
 def rows_without(rows, model, seed):

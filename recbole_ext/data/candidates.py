@@ -10,6 +10,7 @@ file to every later run that names it (config key ``eval_candidates_file``).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,10 @@ def fix_candidates(path, seed: int, **dataloaders) -> str | None:
             stored[f"{phase}_negatives"] = drawn.numpy().reshape(-1, len(users)).T  # (N, num)
         np.random.set_state(state)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **stored)
+        # parallel benchmark runs of one seed draw the same lists: whole-file replace, no torn file
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+        np.savez_compressed(partial, **stored)
+        os.replace(partial, path)
     digest = hashlib.sha256()
     for phase, loader in dataloaders.items():
         if f"{phase}_negatives" not in stored:
