@@ -453,3 +453,39 @@ def test_explanation_stats_on_hand_example():
     assert stats["pos"]["most_repeated"] == [("He likes comedies.", 2)]
     assert stats["neg"]["cut_off_share"] == 0.25 and stats["neg"]["distinct_share"] == 1.0
     assert stats["neg"]["mean_words"] == (4 + 4 + 2 + 3) / 4
+
+
+def test_autoencoder_is_seeded_alone_and_cached_by_its_inputs(workdir):
+    from recbole_ext.config import Config
+    from recbole_ext.quick_start import build
+    from recbole_ext.trainer.lrrecsys import LRRecsysTrainer, autoencoder_cache_key
+
+    config = Config("LRRecsys", "tiny", [str(TINY_YAML)], tiny_config(workdir, seed=5))
+    _, model, _, _, _ = build(config)
+    trainer = LRRecsysTrainer(config, model)
+    pos = ["the consumer likes comedies", "he watched it for the cast", "a slow plot"]
+    neg = ["it is too long", "the plot is slow", "he dislikes horror"]
+    mask = np.array([True, True, False])
+    torch.manual_seed(1)
+    first = trainer.autoencode(pos, neg, mask)
+    assert first[0].shape == (3, 8) and trainer.autoencoder is not None
+    assert len(list((workdir / "saved" / "lrrecsys_ae").glob("*.pt"))) == 1
+    losses = trainer.autoencoder_losses
+    torch.manual_seed(2)
+    again = trainer.autoencode(pos, neg, mask)  # read back, not retrained
+    assert trainer.autoencoder is None and trainer.autoencoder_losses == losses
+    torch.testing.assert_close(again, first)
+    # without the cache, another global RNG state trains the same AE: it is seeded from `seed`
+    trainer.ae_cache = False
+    torch.manual_seed(3)
+    fresh = trainer.autoencode(pos, neg, mask)
+    assert trainer.autoencoder is not None
+    torch.testing.assert_close(fresh, first)
+    # the key follows seed, texts and training rows, and nothing else
+    settings = trainer.ae_settings
+    key = autoencoder_cache_key(settings, 5, pos, neg, mask)
+    assert key == autoencoder_cache_key(dict(settings), 5, list(pos), list(neg), mask.copy())
+    assert key != autoencoder_cache_key(settings, 6, pos, neg, mask)
+    assert key != autoencoder_cache_key(settings, 5, pos, neg[::-1], mask)
+    assert key != autoencoder_cache_key(settings, 5, pos, neg, ~mask)
+    assert key != autoencoder_cache_key({**settings, "epochs": 6}, 5, pos, neg, mask)

@@ -14,7 +14,10 @@ regression metrics) are overridden.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,6 +82,18 @@ def train_autoencoder(
     return losses
 
 
+def autoencoder_cache_key(
+    settings: dict, seed: int, pos: list[str], neg: list[str], train_mask: np.ndarray
+) -> str:
+    """sha256 of everything AE(.) depends on: AE settings, seed, texts and training rows."""
+    payload = json.dumps(
+        [settings, seed, pos, neg, np.asarray(train_mask, dtype=bool).tolist()],
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 class LRRecsysTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -95,6 +110,7 @@ class LRRecsysTrainer(Trainer):
             "optimizer": config["lrrecsys_ae_optimizer"],  # (str)
             "min_count": config["lrrecsys_ae_min_count"],  # (int)
         }
+        self.ae_cache = config["lrrecsys_ae_cache"]  # (bool) reuse AE(.) of identical inputs
         self.llm_usage: dict | None = None  # LLM accounting of the explanation step
         self.autoencoder_losses: list[float] = []
         self.explanations: dict[str, dict[str, str]] = {}
@@ -208,15 +224,41 @@ class LRRecsysTrainer(Trainer):
         return texts
 
     def autoencode(self, pos: list[str], neg: list[str], train_mask: np.ndarray):
-        """Vocabulary + AE training on training explanations; AE(.) of all samples (Alg. 1 l. 7)."""
+        """Vocabulary + AE training on training explanations; AE(.) of all samples (Alg. 1 l. 7).
+
+        The result depends only on the texts, the training rows, the AE settings and the seed, so
+        with ``lrrecsys_ae_cache`` it is saved under ``<checkpoint_dir>/lrrecsys_ae/`` and reused
+        by runs that differ elsewhere (the task, the DNN's learning rate, ...).
+        """
+        seed = self.config["seed"]
+        path = None
+        if self.ae_cache:
+            key = autoencoder_cache_key(self.ae_settings, seed, pos, neg, train_mask)
+            path = Path(self.config["checkpoint_dir"]) / "lrrecsys_ae" / f"{key}.pt"
+            if path.is_file():
+                cached = torch.load(path, weights_only=True)
+                self.autoencoder_losses, self.autoencoder = cached["losses"], None
+                self.logger.info(f"LRRecsys autoencoder: AE(.) of every sample read from {path}")
+                return cached["pos"], cached["neg"]
+        pos_emb, neg_emb = self.train_and_encode(pos, neg, train_mask, seed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            state = {"pos": pos_emb, "neg": neg_emb, "losses": self.autoencoder_losses}
+            torch.save(state, path)
+        return pos_emb, neg_emb
+
+    def train_and_encode(self, pos: list[str], neg: list[str], train_mask: np.ndarray, seed: int):
+        """Train a fresh AE (initialised and shuffled from ``seed``) and encode every sample."""
         s = self.ae_settings
         pos_words, neg_words = [tokenize(t) for t in pos], [tokenize(t) for t in neg]
         train_idx = np.flatnonzero(train_mask)
         train_sentences = [pos_words[i] for i in train_idx] + [neg_words[i] for i in train_idx]
         vocabulary = build_vocabulary(train_sentences, s["min_count"])
-        autoencoder = ExplanationAutoEncoder(
-            len(vocabulary), s["max_words"], s["word_dim"], s["hidden"]
-        )
+        with torch.random.fork_rng(devices=[]):  # initialised from `seed` alone
+            torch.manual_seed(seed)
+            autoencoder = ExplanationAutoEncoder(
+                len(vocabulary), s["max_words"], s["word_dim"], s["hidden"]
+            )
         ids = encode_words(train_sentences, vocabulary, s["max_words"])
         self.autoencoder_losses = train_autoencoder(
             autoencoder,
@@ -225,7 +267,7 @@ class LRRecsysTrainer(Trainer):
             learning_rate=s["learning_rate"],
             batch_size=s["batch_size"],
             optimizer=s["optimizer"],
-            seed=self.config["seed"],
+            seed=seed,
             show_progress=True,
         )
         self.logger.info(
