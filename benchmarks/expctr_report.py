@@ -164,9 +164,55 @@ def table(args) -> None:
             text = f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}"
             cells.append(f"**{text}**" if best[m] == name else text)
         lines.append(f"| {name} | {len(s['seeds'])} | " + " | ".join(cells) + " |")
+    lines += ["", *split_sizes(args, sorted({s for r in rows.values() for s in r}))]
+    lines += ["", *stage_times(args.output)]
     (args.output / "table1.md").write_text("\n".join(lines) + "\n")
     (args.output / "table1.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(lines))
+
+
+def split_sizes(args, seeds: list[int]) -> list[str]:
+    """Markdown rows: train/valid/test sizes and test positives of each seed's split."""
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_ext.utils import create_dataset
+
+    lines = ["| seed | train | valid | test | test positives |", "|---|---|---|---|---|"]
+    for seed in seeds:
+        config = expctr_config(args.dataset, args.expctr_preset, seed)
+        config["state"] = "WARNING"
+        init_seed(seed, config["reproducibility"])
+        splits = data_preparation(config, create_dataset(config))
+        sizes = [len(split.dataset) for split in splits]
+        positives = int(splits[2].dataset.inter_feat["label"].sum())
+        lines.append(f"| {seed} | " + " | ".join(map(str, sizes)) + f" | {positives} |")
+    return lines
+
+
+STAGES = ("stage1_lc", "iter0_stage2_ctr", "iter0_stage3_ic", "final_stage2_ctr")
+
+
+def stage_times(output: Path) -> list[str]:
+    """Markdown rows: wall seconds of each ExpCTR stage per seed (the store's progress records)
+    and of the whole run (``train_seconds``: stages + loading; test evaluation not included)."""
+    from recbole_ext.llm.store import ResponseStore
+
+    store = ResponseStore(output / "expctr_store.sqlite")
+    lines = [
+        "ExpCTR wall time per stage (s), shared 2-core CPU, 1 torch thread:",
+        "",
+        "| seed | " + " | ".join(STAGES) + " | fit total |",
+        "|---" * (len(STAGES) + 2) + "|",
+    ]
+    for run in expctr_runs(output / "runs"):
+        kind = f"{run_dir(run).name.replace('-', ':', 1)}:progress"  # expctr:<run key>:progress
+        seconds = [(store.get_record(kind, name) or {}).get("seconds") for name in STAGES]
+        cells = ["-" if v is None else f"{v:.0f}" for v in seconds]
+        lines.append(
+            f"| {run['config']['seed']} | " + " | ".join(cells) + f" | {run['train_seconds']:.0f} |"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,13 +256,41 @@ def trajectory(args) -> None:
         length = min(len(v) for v in curves.values())
         mean = np.mean([v[:length] for v in curves.values()], axis=0)
         axis.plot(range(1, length + 1), mean, color="black", linewidth=2, label="mean")
-        axis.set_title(f"{reward.upper()} alignment: mean raw reward of each PPO batch")
-        axis.set_xlabel("PPO step (batch of 8 training samples)")
-        axis.set_ylabel("R_LC (Eq. 9)" if reward == "lc" else "R_IC (Eq. 13)")
+        axis.set_title("stage 1: LC alignment" if reward == "lc" else "stage 3: IC alignment")
+        axis.set_xlabel("PPO step (a new batch of 8 training samples each)")
+        axis.set_ylabel(("R_LC (Eq. 9)" if reward == "lc" else "R_IC (Eq. 13)") + ", batch mean")
         axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.output / "reward_trajectory.png", dpi=120)
-    print(f"wrote {args.output / 'reward_trajectory.csv'} and .png ({len(rows)} PPO steps)")
+    summary = [
+        "| reward | PPO steps | mean raw reward | first step | last step | max abs KL "
+        "| max approx_kl | clipfrac | response tokens |",
+        "|---" * 9 + "|",
+    ]
+    for reward in ("lc", "ic"):
+        mine = [r for r in rows if r["reward"] == reward]
+        column = {
+            k: np.array([float(r[k]) for r in mine])
+            for k in mine[0]
+            if k not in ("stage", "reward")
+        }
+        summary.append(
+            f"| {reward.upper()} | {len(mine)} | {column['raw_reward'].mean():.4f} | "
+            f"{_step_mean(mine, 0):.4f} | {_step_mean(mine, -1):.4f} | "
+            f"{np.abs(column['kl']).max():.2e} | {column['approx_kl'].max():.2e} | "
+            f"{column['clipfrac'].mean():.3f} | {column['response_tokens'].mean():.2f} |"
+        )
+    (args.output / "reward_trajectory.md").write_text("\n".join(summary) + "\n")
+    print("\n".join(summary))
+    print(f"wrote {args.output / 'reward_trajectory.csv'}, .png, .md ({len(rows)} PPO steps)")
+
+
+def _step_mean(rows: list[dict], index: int) -> float:
+    """Mean over seeds of the raw reward at PPO step ``index`` of each seed's stage."""
+    by_seed: dict = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], []).append(float(r["raw_reward"]))
+    return float(np.mean([values[index] for values in by_seed.values()]))
 
 
 # ---------------------------------------------------------------------------------------------
