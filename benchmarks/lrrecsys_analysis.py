@@ -178,11 +178,56 @@ def explanation_stats(texts: list[dict[str, str]], top: int = 3) -> dict:
     return out
 
 
+def title_of(item_text: str) -> str:
+    """The title part of an item text ``Title (year) genres``.
+
+    >>> title_of("Toy Story (1995) Animation, Children's, Comedy")
+    'Toy Story'
+    """
+    return item_text.split(" (")[0].strip()
+
+
+def naming_shares(
+    texts: list[dict[str, str]], candidates: list[str], histories: list[list[str]]
+) -> dict:
+    """Per slot: share of explanations that name the candidate's title, and share that name a
+    history item's title but not the candidate's (the LLM explained the wrong movie).
+
+    >>> naming_shares([{"pos": "He likes Heat.", "neg": "He saw Jaws"}], ["Heat"], [["Jaws"]])
+    {'pos': {'names_candidate': 1.0, 'names_history_only': 0.0}, 'neg': {'names_candidate': 0.0, 'names_history_only': 1.0}}
+    """
+    out = {}
+    for slot in ("pos", "neg"):
+        candidate = history_only = 0
+        for text, title, history in zip(texts, candidates, histories, strict=True):
+            lower = text[slot].lower()
+            if title.lower() in lower:
+                candidate += 1
+            elif any(h.lower() in lower for h in history):
+                history_only += 1
+        n = max(len(texts), 1)
+        out[slot] = {"names_candidate": candidate / n, "names_history_only": history_only / n}
+    return out
+
+
 def texts_report(config, dataset) -> dict:
     samples = dataset.samples
-    found = stored_texts(config, samples, samples.used())
-    missing = sum(t is None for t in found)
-    return {"missing": missing, **explanation_stats([t for t in found if t is not None])}
+    used = samples.used()
+    found = stored_texts(config, samples, used)
+    kept = [(i, t) for i, t in zip(used, found, strict=True) if t is not None]
+    item_text = item_texts(dataset, config["item_text_fields"])
+    by_token = {
+        str(dataset.field2id_token[dataset.iid_field][i]): item_text[i]
+        for i in range(1, len(item_text))
+    }
+    candidates = [title_of(item_text[int(samples.item_ids[i])]) for i, _ in kept]
+    histories = [[title_of(by_token[h]) for h in samples.histories[i]] for i, _ in kept]
+    texts = [t for _, t in kept]
+    return {
+        "missing": len(found) - len(kept),
+        **explanation_stats(texts),
+        "naming": naming_shares(texts, candidates, histories),
+    }
 
 
 def main() -> None:

@@ -438,7 +438,7 @@ def test_explanation_stats_on_hand_example():
     from tests.conftest import REPO_DIR
 
     sys.path.insert(0, str(REPO_DIR / "benchmarks"))
-    from lrrecsys_analysis import explanation_stats
+    from lrrecsys_analysis import explanation_stats, naming_shares, title_of
 
     texts = [
         {"pos": "He likes comedies.", "neg": "The plot is slow"},  # neg cut off
@@ -453,6 +453,18 @@ def test_explanation_stats_on_hand_example():
     assert stats["pos"]["most_repeated"] == [("He likes comedies.", 2)]
     assert stats["neg"]["cut_off_share"] == 0.25 and stats["neg"]["distinct_share"] == 1.0
     assert stats["neg"]["mean_words"] == (4 + 4 + 2 + 3) / 4
+    # which movie an explanation talks about: the candidate, or only one from the history
+    assert title_of("Heat (1995) Action, Crime") == "Heat"
+    shares = naming_shares(
+        [
+            {"pos": "He liked HEAT.", "neg": "He skipped Jaws and Heat."},  # candidate wins
+            {"pos": "He loves Jaws.", "neg": "Too long."},
+        ],
+        candidates=["Heat", "Babe"],
+        histories=[["Jaws"], ["Jaws", "Heat"]],
+    )
+    assert shares["pos"] == {"names_candidate": 0.5, "names_history_only": 0.5}
+    assert shares["neg"] == {"names_candidate": 0.5, "names_history_only": 0.0}
 
 
 def test_autoencoder_is_seeded_alone_and_cached_by_its_inputs(workdir):
