@@ -147,8 +147,6 @@ class AutoDisenSeqTrainer(Trainer):
             repeat.scatter_(1, order[:, 1:], sorted_items[:, 1:] == sorted_items[:, :-1])
             repeat[:, 1:] |= items[:, 1:] == items[:, :1]  # a negative equal to the held-out item
             chunk = self.config["eval_batch_size"]
-            with torch.no_grad():  # the search never changes the item embeddings
-                h = model.item_embedding(items)  # (U, C, D), column 0 = held-out item
 
             @torch.no_grad()
             def fitness(arch):
@@ -161,6 +159,7 @@ class AutoDisenSeqTrainer(Trainer):
                         for i in range(0, lens.numel(), chunk)
                     ]
                 )  # (U, K, D)
+                h = model.item_embedding(items)  # (U, C, D), column 0 = held-out item
                 scores = torch.einsum("ukd,ucd->ukc", phi, h).amax(1)  # (U, C)
                 scores = scores.masked_fill(repeat, float("-inf"))
                 users = torch.arange(scores.size(0), device=scores.device)
