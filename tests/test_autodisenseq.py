@@ -563,3 +563,9 @@ def test_search_fitness_equals_recbole_scoring_on_the_same_candidates(tiny_data,
         assert math.isclose(fast(arch), recbole_path(arch), abs_tol=1e-6)
     assert fast(other) != fast(model.architecture)  # the architecture is really swapped
     assert model.architecture != other
+    # a fitness made before the weights change scores the current weights, not a stale copy
+    with torch.no_grad():
+        model.item_embedding.weight.mul_(torch.randn_like(model.item_embedding.weight))
+    fresh = trainer.architecture_fitness(valid_data, batches)
+    assert math.isclose(fast(other), fresh(other), abs_tol=1e-6)
+    assert math.isclose(fast(other), recbole_path(other), abs_tol=1e-6)
