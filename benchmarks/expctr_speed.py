@@ -1,6 +1,7 @@
 """ExpCTR speed on this machine: generation tokens/s, one PPO update, LC scoring, each stage.
 
     python benchmarks/expctr_speed.py [--batch 8] [--response-length 24] [--stages]
+    python benchmarks/expctr_speed.py --device cuda --lm DIR   # a GPU machine, an HF model dir
 
 Prints (one run each, wall-clock seconds, torch threads as set by ``expctr_lm_threads``):
 - load of the local LM (SmolLM2-135M-Instruct GGUF, dequantised to float32);
@@ -27,7 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def micro(batch: int, response_length: int, threads: int) -> None:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def micro(batch: int, response_length: int, threads: int, device: str, lm: str | None) -> None:
     from recbole_ext.llm import LoRASettings
     from recbole_ext.llm.local_lm import add_lora, chat_prompt, load_local_lm, reference_mode
     from recbole_ext.rl import PromptDomain, ctr_messages, explanation_messages
@@ -40,11 +46,14 @@ def micro(batch: int, response_length: int, threads: int) -> None:
     )
 
     start = time.perf_counter()
-    model, tokenizer = load_local_lm(None, num_threads=threads)
-    print(f"load LM: {time.perf_counter() - start:.1f} s (torch threads {torch.get_num_threads()})")
+    model, tokenizer = load_local_lm(lm, num_threads=threads, device=device)
+    print(
+        f"load LM: {time.perf_counter() - start:.1f} s (device {device}, torch threads "
+        f"{torch.get_num_threads()})"
+    )
     policy = add_lora(model, LoRASettings())
     policy.eval()
-    value_head = ValueHead(model.config.hidden_size)
+    value_head = ValueHead(model.config.hidden_size).to(device)
     config = PPOConfig(
         batch_size=batch, mini_batch_size=min(4, batch), response_length=response_length
     )
@@ -62,8 +71,11 @@ def micro(batch: int, response_length: int, threads: int) -> None:
     ]
     prompt_tokens = len(tokenizer(chat_prompt(tokenizer, prompts[0]))["input_ids"])
     torch.manual_seed(0)
+    generate_responses(policy, tokenizer, prompts[:1], config)  # warm-up (kernels, caches)
+    _sync(device)
     start = time.perf_counter()
     rollout = generate_responses(policy, tokenizer, prompts, config)
+    _sync(device)
     seconds = time.perf_counter() - start
     tokens = float(rollout.response_mask.sum())
     print(
@@ -74,6 +86,7 @@ def micro(batch: int, response_length: int, threads: int) -> None:
     )
     start = time.perf_counter()
     stats = ppo_step(policy, value_head, optimizer, rollout, [0.5] * batch, config)
+    _sync(device)
     print(
         f"one PPO update: batch {batch}, mean response {stats['response_tokens']:.1f} tokens "
         f"(padded {rollout.response_length}), minibatch {config.mini_batch_size}, "
@@ -85,10 +98,11 @@ def micro(batch: int, response_length: int, threads: int) -> None:
         return_tensors="pt",
         padding=True,
         add_special_tokens=False,
-    )
+    ).to(device)
     start = time.perf_counter()
     with reference_mode(policy):
         policy(**inputs, logits_to_keep=1)
+    _sync(device)
     print(f"LC Yes/No scoring: batch {batch}: {time.perf_counter() - start:.2f} s")
 
 
@@ -129,10 +143,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--response-length", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (micro-benchmarks only)")
+    parser.add_argument("--lm", default=None, help="HF dir or GGUF; default: packaged SmolLM2")
     parser.add_argument("--stages", action="store_true", help="also time the tiny preset's stages")
     parser.add_argument("--dataset", default="tiny", help="tiny (tests/data/tiny) or ml-100k")
     args = parser.parse_args()
-    micro(args.batch, args.response_length, args.threads)
+    micro(args.batch, args.response_length, args.threads, args.device, args.lm)
     if args.stages:
         stages(args.dataset)
 

@@ -16,7 +16,7 @@ def test_space_holds_the_papers_beta_and_delta_values():
         "ppo_kl_coef": {"type": "choice", "values": [0.01, 0.05, 0.1, 0.5]},
         "ppo_reward_clip": {"type": "choice", "values": [0.5, 1.0, 2.0, 5.0]},
     }
-    assert space.fixed == {} and (space.grace_period, space.reduction_factor) == (20, 2)
+    assert space.fixed == {} and (space.grace_period, space.reduction_factor) == (5, 2)
 
 
 def test_every_point_of_the_space_reaches_ppo(workdir):

@@ -54,6 +54,7 @@ def load_local_lm(
     *,
     num_threads: int | None = 1,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from an HF directory or a GGUF file (dequantized).
 
@@ -61,6 +62,7 @@ def load_local_lm(
         path: HF model directory, ``.gguf`` file, or ``None`` for the packaged SmolLM2 GGUF.
         num_threads: ``torch.set_num_threads`` value (``None`` leaves torch's setting alone).
         dtype: parameter dtype (float32 trains and saves without surprises on CPU).
+        device: where the model lives (``"cuda"`` on a GPU machine); inputs follow the model.
     """
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -82,8 +84,14 @@ def load_local_lm(
     tokenizer = AutoTokenizer.from_pretrained(directory, **tokenizer_kwargs)
     model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
     fix_chat_tokens(tokenizer, model)
+    model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of ``model``'s parameters (inputs are moved there)."""
+    return next(model.parameters()).device
 
 
 def add_lora(model: Any, settings: LoRASettings) -> Any:
@@ -132,8 +140,7 @@ def yes_no_logprobs(
     """
     prompts = [chat_prompt(tokenizer, messages) for messages in messages_batch]
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    device = next(model.parameters()).device
-    logits = model(**inputs.to(device), logits_to_keep=1).logits[:, -1]  # (B, V)
+    logits = model(**inputs.to(model_device(model)), logits_to_keep=1).logits[:, -1]  # (B, V)
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
     yes = torch.logsumexp(logprobs[:, list(pos_ids)], dim=-1)  # (B,)
     no = torch.logsumexp(logprobs[:, list(neg_ids)], dim=-1)  # (B,)
@@ -150,7 +157,7 @@ def next_token_top_logprobs(
     """
     inputs = tokenizer(
         chat_prompt(tokenizer, messages), return_tensors="pt", add_special_tokens=False
-    )
+    ).to(model_device(model))
     logits = model(**inputs).logits[0, -1]  # (V,)
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     values, indices = torch.topk(logprobs, k)
@@ -176,6 +183,7 @@ def generate_texts(
     """Batched (left-padded) generation of chat replies; returns the new text of each."""
     prompts = [chat_prompt(tokenizer, messages) for messages in batch]
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    inputs = inputs.to(model_device(model))
     output = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recbole_ext.llm.local_lm import chat_prompt, reference_mode
+from recbole_ext.llm.local_lm import chat_prompt, model_device, reference_mode
 
 
 @dataclass
@@ -182,7 +182,8 @@ def kl_penalised_rewards(
     kl = (logprobs - ref_logprobs) * mask  # (B, Tr)
     rewards = -kl_coef * kl
     last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # (B,) index of the last real token
-    rewards[torch.arange(rewards.shape[0]), last] += scores * (mask.sum(dim=1) > 0)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last] += scores * (mask.sum(dim=1) > 0)
     return rewards, kl
 
 
@@ -260,6 +261,7 @@ def generate_responses(
     """1. Rollout: one response per chat prompt, sampled from ``policy`` (left-padded batch)."""
     texts = [chat_prompt(tokenizer, messages) for messages in prompts]
     query = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    query = query.to(model_device(policy))
     sampling = (
         {"do_sample": True, "temperature": config.temperature, "top_k": 0, "top_p": 1.0}
         if do_sample
@@ -331,7 +333,7 @@ def ppo_step(
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """One PPO update on a rollout batch whose responses earned ``scores`` (R(Z), normalised)."""
-    scores_t = torch.tensor(list(scores), dtype=torch.float32)
+    scores_t = torch.tensor(list(scores), dtype=torch.float32, device=rollout.input_ids.device)
     mask = rollout.response_mask
     # 2. behaviour policy, values and pi_init (adapters disabled), all without gradients
     with torch.no_grad():

@@ -175,14 +175,14 @@ class ExpCTRTrainer(Trainer):
 
             if self._lm is None:
                 self._lm = load_local_lm(
-                    self.settings.lm_path, num_threads=self.settings.lm_threads
+                    self.settings.lm_path, num_threads=self.settings.lm_threads, device=self.device
                 )
             base, self.tokenizer = self._lm
             # seeded on its own so that loading the LM late (on resume) leaves the run's RNG alone
             with torch.random.fork_rng():
                 torch.manual_seed(self.config["seed"])
                 self.policy = add_lora(base, self.lora)
-                self.value_head = ValueHead(base.config.hidden_size)
+                self.value_head = ValueHead(base.config.hidden_size).to(self.device)
             self.policy.eval()  # no dropout in rollouts or updates; gradients still flow
             self.ppo_optimizer = make_optimizer(self.policy, self.value_head, self.ppo)
             self._token_ids = {
@@ -587,7 +587,7 @@ class ExpCTRTrainer(Trainer):
     def _restore_generator(self, name: str) -> None:
         path = self.run_dir / name / "generator.pt"
         if path.is_file():
-            state = torch.load(path, weights_only=True)
+            state = torch.load(path, map_location=self.device, weights_only=True)
             params = dict(self.policy.named_parameters())
             with torch.no_grad():
                 for n, value in state["adapters"].items():
