@@ -308,3 +308,20 @@ def test_interrupted_run_resumes_at_the_stage_that_failed(workdir, expctr_regist
     # stage 3 restarted from the saved stage-1 generator and stage-2 CTR model: same adapters
     for name, value in _adapters(second).items():
         torch.testing.assert_close(value, expected[name])
+
+
+def test_stage2_keeps_the_last_epoch_when_the_valid_metric_is_nan(workdir, expctr_registry):
+    """A one-class valid split has no AUC: RecBole saves no checkpoint; stage 2 keeps the last
+    epoch instead of failing (or silently loading an earlier stage's file)."""
+    config = tiny_config(workdir, expctr_iterations=0, expctr_lc_epochs=0)
+    trainer, train, valid, _ = _trainer(config)
+    trainer.run_dir.mkdir(parents=True)
+    stale = trainer.run_dir / "ctr.pth"
+    stale.write_bytes(b"an earlier stage's checkpoint")
+    trainer._valid_epoch = lambda *args, **kwargs: (float("nan"), {"auc": float("nan")})
+    best, result = trainer.fit(train, valid)
+    assert trainer.stage_log == [("stage1_lc", "ran"), ("final_stage2_ctr", "ran")]
+    assert best == -np.inf and result == {}  # RecBole's "never improved"
+    saved = torch.load(stale, weights_only=True)["state_dict"]  # the last epoch's weights
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(saved[name], value)

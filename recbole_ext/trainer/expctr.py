@@ -375,6 +375,7 @@ class ExpCTRTrainer(Trainer):
             self.best_valid_score, self.best_valid_result = -np.inf, None
             self.cur_step, self.start_epoch = 0, 0
             self.saved_model_file = str(self.run_dir / "ctr.pth")
+            Path(self.saved_model_file).unlink(missing_ok=True)  # never an earlier stage's model
             self._fitting_ctr = True
             try:
                 score, result = super(ExpCTRTrainer, self).fit(
@@ -382,10 +383,18 @@ class ExpCTRTrainer(Trainer):
                 )
             finally:
                 self._fitting_ctr = False
+            if not Path(self.saved_model_file).is_file():
+                # no epoch improved on -inf: the valid metric was NaN (AUC of a one-class valid
+                # split, e.g. a tiny expctr_max_samples); RecBole saved nothing, keep the last epoch
+                self.logger.warning(
+                    set_color("ExpCTR", "red") + ": the CTR model's valid metric never improved "
+                    f"(valid result {result}); keeping its last epoch"
+                )
+                save_checkpoint(self.saved_model_file, self.model, config=self.config)
             restore_model(self.model, load_checkpoint(self.saved_model_file, self.device))
             return {
                 "best_valid_score": float(score),
-                "best_valid_result": {k: float(v) for k, v in result.items()},
+                "best_valid_result": {k: float(v) for k, v in (result or {}).items()},
                 "generator": self.generator_version,
             }
 
