@@ -51,9 +51,9 @@ class LocalLLMServer:
         port: fixed port, or ``None`` for a free one.
         startup_timeout: seconds to wait for ``/v1/models``.
         logprobs: serve log-probabilities (the Yes/No scorer needs them). llama-cpp-python then
-            computes vocabulary logits for every prompt token (``logits_all``), which roughly
-            doubled prompt evaluation of SmolLM2-135M here; callers that only need text (the
-            reranker) pass ``False``.
+            computes vocabulary logits for every prompt token (``logits_all``), which slows
+            prompt evaluation (``benchmarks/llm_prompt_eval.py`` times both); callers that only
+            need text (the reranker) pass ``False``.
     """
 
     def __init__(
