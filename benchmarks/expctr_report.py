@@ -296,24 +296,31 @@ def _step_mean(rows: list[dict], index: int) -> float:
 # ---------------------------------------------------------------------------------------------
 # Table 2: case study
 # ---------------------------------------------------------------------------------------------
-def case_study(args) -> None:
+def open_run(args, seed: int):
+    """``(run, trainer, test samples, final PPO stage)`` of the finished ExpCTR run of ``seed``,
+    reading its store (no training; the LLM loads only if something must be generated)."""
     from recbole_ext.quick_start import build
     from recbole_ext.trainer.expctr import ExpCTRTrainer, run_key
 
-    run = next(r for r in expctr_runs(args.output / "runs") if r["config"]["seed"] == args.seed)
-    config = expctr_config(args.dataset, args.expctr_preset, args.seed)
+    run = next(r for r in expctr_runs(args.output / "runs") if r["config"]["seed"] == seed)
+    config = expctr_config(args.dataset, args.expctr_preset, seed)
     config["llm_store_path"] = str(args.output / "expctr_store.sqlite")
     config["checkpoint_dir"] = str(run_dir(run).parent)
+    config["state"] = "WARNING"
     key = run_key(config)
     if run_dir(run).name != f"expctr-{key}":
         raise SystemExit(f"settings differ from the run's ({run_dir(run).name} vs {key})")
     _, model, _, _, test = build(config)
     trainer = ExpCTRTrainer(config, model)
-    samples = trainer._samples(test)
+    final = [name for name in _finished_stages(trainer) if name.endswith(("_lc", "_ic"))][-1]
+    return run, trainer, trainer._samples(test), final
+
+
+def case_study(args) -> None:
+    run, trainer, samples, final = open_run(args, args.seed)
     positives = [s for s in samples if s["label"] == 1]
     negatives = [s for s in samples if s["label"] == 0]
     chosen = (positives[: (args.pairs + 1) // 2] + negatives[: args.pairs // 2])[: args.pairs]
-    final = [name for name in _finished_stages(trainer) if name.endswith(("_lc", "_ic"))][-1]
     icl_texts, icl_lc = trainer.explanations_of(chosen, "init")
     exp_texts, exp_lc = trainer.explanations_of(chosen, final)
     icl_zero_shot = trainer._cached_scores("icl", chosen, None)
@@ -356,6 +363,66 @@ def case_study(args) -> None:
     print("\n".join(lines))
 
 
+def ablation(args) -> None:
+    """The LC scorer on explanations of the generator before PPO (π_init) and after it, and ICL,
+    on the same test pairs of every seed: did alignment change ExpCTR-LLM?"""
+    from recbole_ext.trainer.expctr import ctr_metrics
+
+    rows = {"ICL (history prompt, no explanation)": {}, "LC scorer on π_init explanations": {}}
+    rows["ExpCTR-LLM (LC scorer on explanations after PPO)"] = {}
+    names = list(rows)
+    pooled: dict[str, list] = {name: [] for name in [*names, "labels"]}
+    for run in expctr_runs(args.output / "runs"):
+        seed = run["config"]["seed"]
+        _, trainer, samples, final = open_run(args, seed)
+        labels = [s["label"] for s in samples]
+        scores = [
+            trainer._cached_scores("icl", samples, None),
+            trainer.explanations_of(samples, "init")[1],
+            trainer.explanations_of(samples, final)[1],
+        ]
+        for name, values in zip(names, scores, strict=True):
+            rows[name][seed] = ctr_metrics(labels, values)
+            pooled[name] += values
+        pooled["labels"] += labels
+        reported = {m: run["test_result"][f"llm_{m}"] for m in METRICS}
+        if not same_metrics(rows[names[2]][seed], reported):
+            raise SystemExit(f"seed {seed}: stored ExpCTR-LLM scores differ from {reported}")
+    lines = [
+        f"Same test pairs ({len(pooled['labels'])} over {len(rows[names[0]])} seeds). Per seed: "
+        "mean ± std over seeds; pooled: the metric over all seeds' pairs together.",
+        "",
+        "| scores | AUC ↑ | LogLoss ↓ | MAE ↓ | RMSE ↓ | pooled AUC | pooled LogLoss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        cells = []
+        for m in METRICS:
+            mean, std = mean_std([rows[name][seed][m] for seed in rows[name]])
+            cells.append(f"{mean:.4f} ± {std:.4f}")
+        together = ctr_metrics(pooled["labels"], pooled[name])
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {together['auc']:.4f} | "
+            f"{together['logloss']:.4f} |"
+        )
+    (args.output / "alignment_ablation.md").write_text("\n".join(lines) + "\n")
+    (args.output / "alignment_ablation.json").write_text(
+        json.dumps({"per_seed": rows, "pooled_scores": pooled}, indent=2) + "\n"
+    )
+    print("\n".join(lines))
+
+
+def same_metrics(a: dict[str, float], b: dict[str, float], tol: float = 1e-9) -> bool:
+    """Equal keys and values within ``tol`` (NaN equals NaN).
+
+    >>> same_metrics({"auc": float("nan"), "mae": 0.5}, {"auc": float("nan"), "mae": 0.5})
+    True
+    """
+    return set(a) == set(b) and all(
+        (a[k] != a[k] and b[k] != b[k]) or abs(a[k] - b[k]) <= tol for k in a
+    )
+
+
 def _finished_stages(trainer) -> list[str]:
     """The run's finished stages in order, from the store's progress records."""
     kind = f"expctr:{trainer.run_key}:progress"
@@ -372,7 +439,9 @@ def _cell(text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["baselines", "table", "trajectory", "case-study"])
+    parser.add_argument(
+        "command", choices=["baselines", "table", "trajectory", "case-study", "ablation"]
+    )
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--expctr_preset", default=None, help="tiny | paper (default: the yaml's)")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -381,9 +450,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2020, help="case-study: the run's seed")
     parser.add_argument("--pairs", type=int, default=4, help="case-study: test pairs shown")
     args = parser.parse_args()
-    {"baselines": baselines, "table": table, "trajectory": trajectory, "case-study": case_study}[
-        args.command
-    ](args)
+    commands = {
+        "baselines": baselines,
+        "table": table,
+        "trajectory": trajectory,
+        "case-study": case_study,
+        "ablation": ablation,
+    }
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
