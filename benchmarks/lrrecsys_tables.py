@@ -141,6 +141,20 @@ def constant_predictor_metrics(
     }
 
 
+def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUC on ``n_pos`` positive and ``n_neg`` negative test samples
+    (Hanley and McNeil 1982): the test set's own sampling noise, which seeds do not show.
+
+    >>> round(hanley_mcneil_se(0.65, 81, 39), 4)
+    0.0514
+    """
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (
+        n_pos * n_neg
+    )
+    return float(np.sqrt(variance))
+
+
 def constant_predictor_row(base: dict, cmd_args: list[str]) -> dict:
     """The constant predictor on the preset's rows (built once; no training, no seed)."""
     from recbole_ext.config import Config
@@ -153,10 +167,13 @@ def constant_predictor_row(base: dict, cmd_args: list[str]) -> dict:
         cmd_args=cmd_args,
     )
     train, _, test = create_dataset(config).build()
-    metrics = constant_predictor_metrics(
-        train.inter_feat["rating"].numpy(), test.inter_feat["rating"].numpy()
-    )
+    test_ratings = test.inter_feat["rating"].numpy()
+    metrics = constant_predictor_metrics(train.inter_feat["rating"].numpy(), test_ratings)
+    n_pos = int((test_ratings >= 4).sum())
+    n_neg = len(test_ratings) - n_pos
     return {
+        "test_high_low": [n_pos, n_neg],
+        "auc_standard_error_at_0.6": hanley_mcneil_se(0.6, n_pos, n_neg),
         "variant": "constant",
         "label": "Constant: training mean rating / share of high ratings",
         "train_fraction": 1.0,
@@ -338,6 +355,12 @@ def main() -> None:
         json.dumps({"preset": base, "cmd_args": cmd_args, "rows": rows}, indent=2) + "\n"
     )
     table = markdown(rows, with_fraction, with_lr)
+    if args.table == "table2":
+        n_pos, n_neg = rows[-1]["test_high_low"]
+        table += (
+            f"\nTest set: {n_pos} high / {n_neg} low ratings. Hanley-McNeil standard error of an "
+            f"AUC of 0.6 on it: {rows[-1]['auc_standard_error_at_0.6']:.3f}.\n"
+        )
     (out / f"{args.table}.md").write_text(table)
     print(table)
 

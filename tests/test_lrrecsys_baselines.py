@@ -18,6 +18,7 @@ from lrrecsys_tables import (  # noqa: E402
     ID_FEATURES,
     config_for,
     constant_predictor_metrics,
+    hanley_mcneil_se,
     mean_std,
     select_by_validation,
     table_metrics,
@@ -138,6 +139,10 @@ def test_rescale_ratings_and_table_metrics_on_hand_values():
             "mae_norm": 1.5 / 4,
         }
     )
+    # Hanley-McNeil: one positive and one negative at AUC 0.5 -> variance 0.25 / 1
+    assert hanley_mcneil_se(0.5, 1, 1) == pytest.approx(0.5)
+    assert hanley_mcneil_se(0.65, 81, 39) == pytest.approx(0.0514, abs=1e-4)
+    assert hanley_mcneil_se(0.65, 810, 390) < hanley_mcneil_se(0.65, 81, 39) / 3
     assert mean_std([1.0, 2.0, 3.0]) == "2.000 ± 1.000"  # sample std
     assert mean_std([0.5]) == "0.500 ± 0.000"
 
