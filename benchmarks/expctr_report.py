@@ -1,4 +1,4 @@
-"""ExpCTR on ml-100k: Table 1 (baselines on the same samples and split), Fig. 3, Table 2.
+"""ExpCTR on ml-100k: Table 1 (baselines on the same samples and split), Fig. 3, Table 2, Fig. 4.
 
     # 1. ExpCTR, one run per seed: ExpCTR-Aug, ExpCTR-LLM (llm_*) and ICL (icl_*) test metrics
     python run_recbole_ext.py --model=ExpCTR --dataset=ml-100k --seed=2020 \
@@ -11,6 +11,10 @@
     python benchmarks/expctr_report.py table
     python benchmarks/expctr_report.py trajectory
     python benchmarks/expctr_report.py case-study --seed=2020 --pairs=4
+    # 4. Fig. 4: beta / delta sensitivity (a benchmark suite of ExpCTR variants, resumable)
+    python run_recbole_ext.py --benchmark --suite=properties/benchmark/expctr_sensitivity.yaml \
+        --output=benchmarks/results/expctr/sensitivity
+    python benchmarks/expctr_report.py sensitivity
 
 ``baselines`` resolves the ExpCTR config (``--expctr_preset``, default the yaml's ``tiny``) and
 runs every model with :func:`recbole_ext.data.expctr_dataset.same_samples_overrides`: for a seed,
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -433,6 +438,254 @@ def _finished_stages(trainer) -> list[str]:
     return [n for n in names if trainer.store.get_record(kind, n) is not None]
 
 
+# ---------------------------------------------------------------------------------------------
+# Fig. 4: beta / delta sensitivity
+# ---------------------------------------------------------------------------------------------
+SUITE = REPO / "properties" / "benchmark" / "expctr_sensitivity.yaml"
+SENSITIVITY_METRICS = {  # column: (label, better) of sensitivity.md / .csv
+    "aug_auc": ("ExpCTR-Aug AUC", "↑"),
+    "aug_logloss": ("ExpCTR-Aug LogLoss", "↓"),
+    "llm_auc": ("ExpCTR-LLM AUC", "↑"),
+    "llm_logloss": ("ExpCTR-LLM LogLoss", "↓"),
+    "icl_auc": ("ICL AUC", "↑"),
+    "lc_reward": ("R_LC, stage 1 mean", "↑"),
+    "lc_reward_last": ("R_LC, last step", "↑"),
+    "ic_reward": ("R_IC, stage 3 mean", "↑"),
+    "kl_last": ("KL, last step", ""),
+    "same_rollouts": ("rollouts = paper point's", ""),
+    "same_final": ("final explanations = paper point's", ""),
+}
+
+
+def sensitivity_points(suite: Path, dataset: str = "ml-100k") -> dict[str, tuple[float, float]]:
+    """``{row name: (beta, delta)}`` of a suite's ExpCTR rows, resolved as each run resolves its
+    config (the row's ``config`` over the suite's over ExpCTR.yaml); ``"paper"`` maps to the
+    yaml's own point (no overrides)."""
+    from recbole_ext.benchmark import BenchmarkSpec
+    from recbole_ext.config import Config
+
+    spec = BenchmarkSpec.from_suite(suite)
+    points = {}
+    for name in [*spec.models, "paper"]:
+        if name == "paper":
+            values = {}
+        else:
+            values = {**spec.overrides, **spec.variants.get(name, {}).get("config", {})}
+        config = Config("ExpCTR", dataset, config_dict=values)
+        points[name] = (float(config["ppo_kl_coef"]), float(config["ppo_reward_clip"]))
+    return points
+
+
+def sensitivity_rows(rows: list[dict], points: dict, store=None) -> list[dict]:
+    """One record per (row, seed) of a sensitivity suite's ``results.jsonl``: beta, delta, the
+    test metrics of ExpCTR-Aug / ExpCTR-LLM / ICL and, from ``store`` (the runs' LLM store), the
+    raw LC / IC rewards, the KL at the last PPO step and how many of the run's explanations equal
+    those of the paper point's run of the same seed (``points["paper"]``)."""
+    paper = {r["seed"]: r for r in rows if points[r["model"]] == points["paper"]}
+    records = []
+    for row in rows:
+        beta, delta = points[row["model"]]
+        result = row["test_result"]
+        record = {"name": row["model"], "seed": row["seed"], "beta": beta, "delta": delta}
+        record |= {"aug_auc": result["auc"], "aug_logloss": result["logloss"]}
+        record |= {k: result.get(k, math.nan) for k in ("llm_auc", "llm_logloss", "icl_auc")}
+        record |= run_rewards(store, row)
+        reference = paper.get(row["seed"])
+        record |= same_explanations(store, row, reference)
+        record["train_seconds"] = row.get("train_seconds", math.nan)
+        records.append(record)
+    return records
+
+
+def _run_key(row: dict) -> str:
+    return run_dir(row).name.removeprefix("expctr-")
+
+
+def run_rewards(store, row: dict) -> dict[str, float]:
+    """Mean raw reward of stage 1 (LC) and of the last stage 3 (IC), the LC reward of stage 1's
+    last PPO step and the KL of the run's last PPO step, from the store's stage records."""
+    nan = {k: math.nan for k in ("lc_reward", "lc_reward_last", "ic_reward", "kl_last")}
+    if store is None:
+        return nan
+    kind = f"expctr:{_run_key(row)}:progress"
+    stages = dict(store.iter_records(kind))
+    lc = stages.get("stage1_lc", {}).get("trajectory", [])
+    ic_names = sorted(n for n in stages if n.endswith("_stage3_ic"))
+    ic = stages[ic_names[-1]].get("trajectory", []) if ic_names else []
+    steps = lc + ic
+    return {
+        "lc_reward": _mean([r["raw_reward"] for r in lc]),
+        "lc_reward_last": lc[-1]["raw_reward"] if lc else math.nan,
+        "ic_reward": _mean([r["raw_reward"] for r in ic]),
+        "kl_last": steps[-1]["kl"] if steps else math.nan,
+    }
+
+
+def same_explanations(store, row: dict, reference: dict | None) -> dict[str, float]:
+    """Fractions of the run's PPO rollout explanations (every stage and epoch, per training pair)
+    and of its final generator's valid/test explanations that equal ``reference``'s (1.0 for
+    ``reference`` itself; NaN without a store or a reference run)."""
+    if store is None or reference is None:
+        return {"same_rollouts": math.nan, "same_final": math.nan}
+    mine, theirs = _run_key(row), _run_key(reference)
+
+    def texts(key: str, final: bool) -> dict:
+        progress = dict(store.iter_records(f"expctr:{key}:progress"))
+        if final:
+            generator = progress.get("final_stage2_ctr", {}).get("generator")
+            return dict(store.iter_records(f"expctr:{key}:gen:{generator}"))
+        found = {}
+        for stage, record in progress.items():
+            for epoch in range(record.get("epochs", 0) if "trajectory" in record else 0):
+                for sample, value in store.iter_records(f"expctr:{key}:{stage}:epoch{epoch}"):
+                    found[(stage, epoch, sample)] = value["text"]
+        return found
+
+    fractions = {}
+    for column, final in (("same_rollouts", False), ("same_final", True)):
+        a, b = texts(mine, final), texts(theirs, final)
+        shared = set(a) & set(b)
+        fractions[column] = sum(a[k] == b[k] for k in shared) / len(shared) if shared else math.nan
+    return fractions
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def sensitivity_summary(records: list[dict]) -> list[dict]:
+    """Mean and std (ddof 1) over seeds of every column, per row of the suite (its order)."""
+    names = list(dict.fromkeys(r["name"] for r in records))
+    summary = []
+    for name in names:
+        mine = [r for r in records if r["name"] == name]
+        entry = {"name": name, "beta": mine[0]["beta"], "delta": mine[0]["delta"]}
+        entry["seeds"] = sorted(r["seed"] for r in mine)
+        for column in SENSITIVITY_METRICS:
+            entry[column] = mean_std([r[column] for r in mine])
+        summary.append(entry)
+    return summary
+
+
+def sensitivity_axes(summary: list[dict], paper: tuple[float, float]) -> dict[str, list[dict]]:
+    """The two one-at-a-time sweeps of Fig. 4: ``beta`` (rows at the paper's delta) and ``delta``
+    (rows at the paper's beta), each sorted by its value; the paper point is on both."""
+    beta, delta = paper
+    return {
+        "beta": sorted((s for s in summary if s["delta"] == delta), key=lambda s: s["beta"]),
+        "delta": sorted((s for s in summary if s["beta"] == beta), key=lambda s: s["delta"]),
+    }
+
+
+def sensitivity(args) -> None:
+    from recbole_ext.benchmark import BenchmarkSpec, read_rows
+    from recbole_ext.llm.store import ResponseStore
+
+    results = args.output / "sensitivity" / "results.jsonl"
+    rows = read_rows(results)
+    if not rows:
+        raise SystemExit(f"no rows in {results}: run step 4 of this script's docstring")
+    points = sensitivity_points(args.suite, args.dataset)
+    store_path = BenchmarkSpec.from_suite(args.suite).overrides.get("llm_store_path")
+    store = ResponseStore(REPO / store_path) if store_path else None
+    records = sensitivity_rows(rows, points, store)
+    summary = sensitivity_summary(records)
+    columns = ["name", "seed", "beta", "delta", *SENSITIVITY_METRICS, "train_seconds"]
+    with open(args.output / "sensitivity.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+    seeds = sorted({r["seed"] for r in records})
+    shown = [c for c in SENSITIVITY_METRICS if c not in ("aug_logloss", "llm_logloss", "kl_last")]
+    lines = [
+        f"ExpCTR β/δ sensitivity on ml-100k, tiny preset, seeds {seeds} "
+        f"({len(records)} runs); mean ± std (ddof 1) over seeds (one seed: its value). "
+        "β = ppo_kl_coef, "
+        f"δ = ppo_reward_clip; the paper point is β = {points['paper'][0]}, "
+        f"δ = {points['paper'][1]}. The last two columns: share of the run's explanations equal "
+        "to the paper point's run of the same seed (PPO rollouts; final generator on valid+test).",
+        "",
+        "| row | β | δ | seeds | "
+        + " | ".join(
+            f"{SENSITIVITY_METRICS[c][0]} {SENSITIVITY_METRICS[c][1]}".strip() for c in shown
+        )
+        + " |",
+        "|---" * (len(shown) + 4) + "|",
+    ]
+    for s in summary:
+        cells = [_mean_std_cell(*s[c], len(s["seeds"])) for c in shown]
+        lines.append(
+            f"| {s['name']} | {s['beta']:g} | {s['delta']:g} | {len(s['seeds'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    (args.output / "sensitivity.md").write_text("\n".join(lines) + "\n")
+    plot_sensitivity(args.output / "sensitivity.png", summary, records, points["paper"])
+    print("\n".join(lines))
+    print(f"wrote {args.output / 'sensitivity.csv'}, .md, .png")
+
+
+def _mean_std_cell(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std``, the mean alone for one seed, ``-`` for NaN.
+
+    >>> _mean_std_cell(0.5, 0.0, 1), _mean_std_cell(0.5, 0.25, 2), _mean_std_cell(math.nan, 0, 2)
+    ('0.5000', '0.5000 ± 0.2500', '-')
+    """
+    if mean != mean:
+        return "-"
+    return f"{mean:.4f}" if seeds == 1 else f"{mean:.4f} ± {std:.4f}"
+
+
+def plot_sensitivity(path: Path, summary: list[dict], records: list[dict], paper) -> None:
+    """Fig. 4: ExpCTR-Aug AUC, ExpCTR-LLM AUC and the stage-1 LC reward against β (at the
+    paper's δ) and against δ (at the paper's β); means over seeds with ±std bars, seeds as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {"aug_auc": ("C0", "o"), "llm_auc": ("C1", "s"), "lc_reward": ("C2", "^")}
+    axes_rows = sensitivity_axes(summary, paper)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, (param, entries) in zip(axes, axes_rows.items(), strict=True):
+        x = [e[param] for e in entries]
+        names = {e["name"] for e in entries}
+        for shift, (column, (color, marker)) in enumerate(curves.items()):
+            nudge = 1 + 0.04 * (
+                shift - 1
+            )  # side by side on the log axis: equal values stay visible
+            means = [e[column][0] for e in entries]
+            stds = [e[column][1] for e in entries]
+            axis.errorbar(
+                [v * nudge for v in x],
+                means,
+                yerr=stds,
+                marker=marker,
+                capsize=3,
+                color=color,
+                label=SENSITIVITY_METRICS[column][0] + " (mean ± std over seeds)",
+            )
+            dots = [(r[param] * nudge, r[column]) for r in records if r["name"] in names]
+            if dots:
+                axis.scatter(*zip(*dots, strict=True), s=12, alpha=0.35, color=color)
+        axis.axvline(paper[0 if param == "beta" else 1], color="grey", linestyle=":", lw=1)
+        axis.axhline(0.5, color="black", lw=0.5)
+        axis.set_xscale("log")
+        axis.set_xticks(x, [f"{v:g}" for v in x])
+        axis.minorticks_off()
+        fixed = f"δ = {paper[1]:g}" if param == "beta" else f"β = {paper[0]:g}"
+        symbol = "β (ppo_kl_coef)" if param == "beta" else "δ (ppo_reward_clip)"
+        axis.set_xlabel(f"{symbol} at {fixed}; dotted: the paper's value")
+    axes[0].set_ylabel("test AUC / mean raw R_LC of stage 1")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    seeds = sorted({r["seed"] for r in records})
+    fig.suptitle(f"ExpCTR β/δ sensitivity, ml-100k tiny preset, seeds {seeds}; dots: single seeds")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "/")
 
@@ -440,7 +693,8 @@ def _cell(text: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "command", choices=["baselines", "table", "trajectory", "case-study", "ablation"]
+        "command",
+        choices=["baselines", "table", "trajectory", "case-study", "ablation", "sensitivity"],
     )
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--expctr_preset", default=None, help="tiny | paper (default: the yaml's)")
@@ -449,6 +703,7 @@ def main() -> None:
     parser.add_argument("--groups", default="baselines,tallrec", help="baselines: which to run")
     parser.add_argument("--seed", type=int, default=2020, help="case-study: the run's seed")
     parser.add_argument("--pairs", type=int, default=4, help="case-study: test pairs shown")
+    parser.add_argument("--suite", type=Path, default=SUITE, help="sensitivity: the suite yaml")
     args = parser.parse_args()
     commands = {
         "baselines": baselines,
@@ -456,6 +711,7 @@ def main() -> None:
         "trajectory": trajectory,
         "case-study": case_study,
         "ablation": ablation,
+        "sensitivity": sensitivity,
     }
     commands[args.command](args)
 

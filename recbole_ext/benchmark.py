@@ -196,6 +196,36 @@ def run_benchmark(spec: BenchmarkSpec) -> Path:
     return spec.output
 
 
+def smaller_is_better(metric: str) -> bool:
+    """LogLoss, MAE, RMSE, also under a prefix (ExpCTR's ``llm_logloss``); ranking metrics not.
+
+    >>> [smaller_is_better(m) for m in ("logloss", "llm_rmse", "ndcg@10", "icl_auc")]
+    [True, True, False, False]
+    """
+    name = metric.split("@")[0]
+    return name in SMALLER_IS_BETTER or name.rsplit("_", 1)[-1] in SMALLER_IS_BETTER
+
+
+def candidates_note(rows: list[dict]) -> str:
+    """How the rows were evaluated: on one sampled candidate list per seed (equal
+    ``eval_candidates`` digests), or without sampled candidates (full ranking, labelled CTR rows).
+
+    >>> same = {"seed": 1, "eval_candidates": "ab"}
+    >>> candidates_note([same, same])
+    'all models ranked the same candidate lists per seed.'
+    >>> candidates_note([{"seed": 1, "eval_candidates": None}])
+    'no sampled candidates (full ranking or labelled test rows).'
+    """
+    digests: dict[int, set] = {}
+    for row in rows:
+        digests.setdefault(row["seed"], set()).add(row.get("eval_candidates"))
+    if all(None not in d and len(d) == 1 for d in digests.values()):
+        return "all models ranked the same candidate lists per seed."
+    if all(d == {None} for d in digests.values()):
+        return "no sampled candidates (full ranking or labelled test rows)."
+    return "candidate lists differ between rows of a seed (see `eval_candidates` in results.jsonl)."
+
+
 def our_models(spec: BenchmarkSpec, models: list[str]) -> list[str]:
     from recbole_ext.utils import get_model
 
@@ -247,7 +277,7 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
     baselines = [m for m in models if m not in ours]
 
     def better(metric):
-        return min if metric.split("@")[0] in SMALLER_IS_BETTER else max
+        return min if smaller_is_better(metric) else max
 
     best = {m: better(m)(summary, key=lambda model: summary[model][m][0]) for m in metrics}
     head = spec.headline if spec.headline in metrics else metrics[0]
@@ -257,7 +287,7 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
 
     lines = [
         f"Dataset `{spec.dataset}`, seeds {spec.seeds}; mean ± std over seeds of the test metrics;",
-        "best in **bold**; all models ranked the same candidate lists per seed.",
+        f"best in **bold**; {candidates_note(rows)}",
         "",
         "| model | " + " | ".join(metrics) + " | train s | peak MiB | params |",
         "|---" * (len(metrics) + 4) + "|",

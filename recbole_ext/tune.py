@@ -192,11 +192,16 @@ def run_tuning(spec: TuneSpec) -> dict:
 
     from recbole_ext.config import Config
     from recbole_ext.quick_start import evaluate_saved
+    from recbole_ext.utils import get_trainer
 
     # Resolve the base configuration once in the driver: a bad model, dataset or key fails here,
     # before any trial starts; relative paths are made absolute for the trials' working dirs.
     base = {**spec.search_space.fixed, **spec.overrides}
     config = Config(spec.model, spec.dataset, spec.config_files or None, dict(base))
+    # a trainer that cannot be tuned this way says why (``tune_unsupported``): fail before Ray
+    refusal = getattr(get_trainer(config["MODEL_TYPE"], config["model"]), "tune_unsupported", None)
+    if refusal:
+        raise ValueError(refusal)
     unknown = [k for k in spec.search_space.sampled if k not in config]
     if unknown:
         raise ValueError(

@@ -1,10 +1,22 @@
-"""Fig. 4 search space of ExpCTR (beta, delta) is valid for the tuning harness and PPOConfig."""
+"""Fig. 4 of ExpCTR (beta, delta): the paper's grid reaches PPOConfig; --tune refuses ExpCTR and
+the benchmark suite runs the grid instead; the sensitivity report on hand-made results."""
 
+import argparse
+import csv
+import importlib.util
 import itertools
+import json
+import math
 
+import pytest
+import yaml
+
+from recbole_ext.benchmark import BenchmarkSpec
 from recbole_ext.config import Config
+from recbole_ext.llm.store import ResponseStore
 from recbole_ext.rl.config import ppo_config
-from recbole_ext.tune import SearchSpace
+from recbole_ext.trainer.expctr import run_key
+from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning
 from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
 
 SPACE = REPO_DIR / "properties" / "tune" / "ExpCTR.yaml"
@@ -31,3 +43,177 @@ def test_every_point_of_the_space_reaches_ppo(workdir):
         )
         ppo = ppo_config(config)
         assert (ppo.kl_coef, ppo.reward_clip) == (beta, delta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fig. 4 as a benchmark suite (--tune cannot run ExpCTR) and its report
+# ---------------------------------------------------------------------------------------------
+SUITE = REPO_DIR / "properties" / "benchmark" / "expctr_sensitivity.yaml"
+_spec = importlib.util.spec_from_file_location(
+    "expctr_report", REPO_DIR / "benchmarks/expctr_report.py"
+)
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+
+def test_suite_moves_beta_and_delta_one_at_a_time_around_the_paper_point():
+    points = report.sensitivity_points(SUITE)
+    assert points.pop("paper") == (0.05, 1.0)
+    assert points == {
+        "beta=0.01": (0.01, 1.0),
+        "beta=0.05 delta=1.0": (0.05, 1.0),
+        "beta=0.1": (0.1, 1.0),
+        "beta=0.5": (0.5, 1.0),
+        "delta=0.5": (0.05, 0.5),
+        "delta=2.0": (0.05, 2.0),
+    }
+    # the paper row is a plain ExpCTR run (same run key, so it resumes from a Table-1 run), the
+    # others are not: the harness's own keys (seed, checkpoint_dir, candidates) change nothing
+    spec = BenchmarkSpec.from_suite(SUITE)
+    harness = {"eval_candidates_file": "c/seed2020.npz", "checkpoint_dir": "elsewhere"}
+    keys = {
+        name: run_key(
+            Config(
+                "ExpCTR",
+                "ml-100k",
+                config_dict={**spec.overrides, **spec.variants[name]["config"], **harness},
+            )
+        )
+        for name in spec.models
+    }
+    plain = run_key(Config("ExpCTR", "ml-100k", config_dict={"seed": 2020}))
+    assert keys["beta=0.05 delta=1.0"] == plain and len(set(keys.values())) == 6
+
+
+def test_tune_refuses_expctr_before_ray_starts_and_names_the_suite(workdir):
+    import ray
+
+    spec = TuneSpec(
+        model="ExpCTR",
+        dataset="tiny",
+        output=workdir / "t",
+        search_space=SearchSpace.from_yaml(SPACE),
+        config_files=[str(TINY_YAML)],
+        overrides={"data_path": str(TINY_DATA)},
+    )
+    with pytest.raises(ValueError, match="ExpCTR cannot run under --tune") as err:
+        run_tuning(spec)
+    assert "expctr-<run key>/ctr.pth" in str(err.value)
+    assert "--suite=properties/benchmark/expctr_sensitivity.yaml" in str(err.value)
+    assert not ray.is_initialized() and not (workdir / "t").exists()
+
+
+def _progress(store, key, lc, ic, generator="iter0_stage3_ic"):
+    """Stage records as ExpCTRTrainer writes them: trajectories of (raw reward, kl) per step."""
+
+    def steps(values):
+        return [{"raw_reward": r, "kl": kl} for r, kl in values]
+
+    kind = f"expctr:{key}:progress"
+    store.put_record(kind, "stage1_lc", {"epochs": 1, "trajectory": steps(lc)})
+    store.put_record(kind, "iter0_stage2_ctr", {"generator": "stage1_lc", "seconds": 1.0})
+    store.put_record(kind, "iter0_stage3_ic", {"epochs": 1, "trajectory": steps(ic)})
+    store.put_record(kind, "final_stage2_ctr", {"generator": generator, "seconds": 1.0})
+
+
+def _texts(store, key, rollouts, final):
+    for sample, text in rollouts["stage1_lc"].items():
+        store.put_record(f"expctr:{key}:stage1_lc:epoch0", sample, {"text": text, "reward": 0.5})
+    for sample, text in rollouts["iter0_stage3_ic"].items():
+        store.put_record(f"expctr:{key}:iter0_stage3_ic:epoch0", sample, {"text": text})
+    for sample, text in final.items():
+        store.put_record(f"expctr:{key}:gen:iter0_stage3_ic", sample, text)
+
+
+def _row(name, seed, key, auc, llm_auc):
+    return {
+        "model": name,
+        "seed": seed,
+        "test_result": {"auc": auc, "logloss": 0.7, "llm_auc": llm_auc, "llm_logloss": 0.6},
+        "model_file": f"/x/saved/expctr-{key}/final_stage2_ctr/ctr.pth",
+        "train_seconds": 100.0,
+    }
+
+
+def test_sensitivity_report_from_a_hand_made_results_file_and_store(tmp_path):
+    store = ResponseStore(tmp_path / "store.sqlite")
+    _progress(store, "k0", lc=[(0.5, 0.0), (0.7, 0.01)], ic=[(0.8, 0.02)])
+    _texts(
+        store,
+        "k0",
+        {"stage1_lc": {"s1": "x", "s2": "y"}, "iter0_stage3_ic": {"s1": "z"}},
+        {"t1": "A", "t2": "B"},
+    )
+    _progress(store, "k1", lc=[(0.5, 0.0), (0.9, 0.03)], ic=[(0.6, 0.04), (0.7, 0.05)])
+    _texts(
+        store,
+        "k1",
+        {"stage1_lc": {"s1": "x", "s2": "Y"}, "iter0_stage3_ic": {"s1": "w"}},
+        {"t1": "A", "t2": "C"},
+    )
+    rows = [
+        _row("paper", 1, "k0", auc=0.5, llm_auc=0.25),
+        _row("big beta", 1, "k1", auc=0.75, llm_auc=0.5),
+        _row("big beta", 2, "k2", auc=0.25, llm_auc=1.0),  # no paper run of seed 2, no records
+        _row("small delta", 1, "k3", auc=1.0, llm_auc=0.0),
+    ]
+    points = {"paper": (0.05, 1.0), "big beta": (0.5, 1.0), "small delta": (0.05, 0.5)}
+    records = {(r["name"], r["seed"]): r for r in report.sensitivity_rows(rows, points, store)}
+
+    paper, beta = records[("paper", 1)], records[("big beta", 1)]
+    assert (paper["lc_reward"], paper["lc_reward_last"]) == pytest.approx((0.6, 0.7))
+    assert (paper["ic_reward"], paper["kl_last"]) == pytest.approx((0.8, 0.02))
+    assert (paper["same_rollouts"], paper["same_final"]) == (1.0, 1.0)
+    assert (beta["beta"], beta["delta"], beta["aug_auc"], beta["llm_auc"]) == (0.5, 1.0, 0.75, 0.5)
+    assert (beta["lc_reward"], beta["ic_reward"], beta["kl_last"]) == pytest.approx(
+        (0.7, 0.65, 0.05)
+    )
+    # rollouts: (stage1, s1) equal, (stage1, s2) and (stage3, s1) differ; final: t1 equal, t2 not
+    assert (beta["same_rollouts"], beta["same_final"]) == pytest.approx((1 / 3, 1 / 2))
+    unseen = records[("big beta", 2)]
+    assert all(math.isnan(unseen[c]) for c in ("lc_reward", "kl_last", "same_rollouts"))
+
+    summary = {s["name"]: s for s in report.sensitivity_summary(list(records.values()))}
+    assert summary["big beta"]["seeds"] == [1, 2]
+    assert summary["big beta"]["aug_auc"] == pytest.approx((0.5, 0.5**0.5 / 2))  # ddof 1
+    assert summary["big beta"]["same_final"] == pytest.approx((0.5, 0.0))  # NaN of seed 2 dropped
+    axes = report.sensitivity_axes(list(summary.values()), points["paper"])
+    assert [s["name"] for s in axes["beta"]] == ["paper", "big beta"]
+    assert [s["name"] for s in axes["delta"]] == ["small delta", "paper"]
+    no_store = report.sensitivity_rows(rows[1:2], points, None)[0]
+    assert math.isnan(no_store["same_final"]) and math.isnan(no_store["lc_reward"])
+
+
+def test_sensitivity_command_writes_csv_markdown_and_figure(tmp_path):
+    store_path = tmp_path / "store.sqlite"
+    store = ResponseStore(store_path)
+    _progress(store, "k0", lc=[(0.5, 0.0)], ic=[(0.8, 0.02)])
+    _progress(store, "k1", lc=[(0.75, 0.0)], ic=[(0.6, 0.04)])
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {"name": "paper", "model": "ExpCTR", "config": {}},
+                    {"name": "beta=0.5", "model": "ExpCTR", "config": {"ppo_kl_coef": 0.5}},
+                ],
+                "config": {"llm_store_path": str(store_path)},
+            }
+        )
+    )
+    (tmp_path / "sensitivity").mkdir()
+    rows = [_row("paper", 1, "k0", 0.5, 0.25), _row("beta=0.5", 1, "k1", 0.75, 0.5)]
+    (tmp_path / "sensitivity" / "results.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    args = argparse.Namespace(output=tmp_path, suite=suite, dataset="ml-100k")
+    report.sensitivity(args)
+
+    with open(tmp_path / "sensitivity.csv") as handle:
+        written = list(csv.DictReader(handle))
+    assert [(r["name"], float(r["beta"]), float(r["lc_reward"])) for r in written] == [
+        ("paper", 0.05, 0.5),
+        ("beta=0.5", 0.5, 0.75),
+    ]
+    lines = (tmp_path / "sensitivity.md").read_text().splitlines()
+    assert lines[2].startswith("| row | β | δ | seeds | ExpCTR-Aug AUC ↑ | ExpCTR-LLM AUC ↑ |")
+    assert lines[5].startswith("| beta=0.5 | 0.5 | 1 | 1 | 0.7500 | 0.5000 | - | 0.7500 |")
+    assert (tmp_path / "sensitivity.png").stat().st_size > 10_000

@@ -214,3 +214,47 @@ def test_asha_prunes_on_validation_and_tests_only_the_best(workdir):
     assert set(best["test_result"]) >= {"hit@10", "ndcg@10"}
     assert all(0 <= v <= 1 for v in best["test_result"].values())
     assert (out / "valid_curves.png").stat().st_size > 1000
+
+
+def test_table_of_labelled_ctr_rows_bolds_by_metric_direction_and_names_no_candidates(workdir):
+    # ExpCTR-style rows (no sampled candidates; prefixed metrics): no training, hand-made values
+    from recbole_ext.benchmark import candidates_note, smaller_is_better, write_tables
+
+    def row(model, seed, auc, llm_logloss):
+        return {
+            "model": model,
+            "seed": seed,
+            "eval_candidates": None,
+            "test_result": {"auc": auc, "llm_auc": 1 - auc, "llm_logloss": llm_logloss},
+            "train_seconds": 10.0,
+            "peak_memory_mib": 100.0,
+            "num_parameters": 7,
+        }
+
+    rows = [row("a", 1, 0.5, 0.7), row("a", 2, 0.7, 0.9), row("b", 1, 0.25, 0.6)]
+    spec = BenchmarkSpec(models=["a", "b"], output=workdir, ours=[], headline="auc", seeds=[1, 2])
+    write_tables(spec, rows)
+    lines = (workdir / "table.md").read_text().splitlines()
+    assert (
+        lines[1] == "best in **bold**; no sampled candidates (full ranking or labelled test rows)."
+    )
+    assert lines[3] == "| model | auc | llm_auc | llm_logloss | train s | peak MiB | params |"
+    # a: auc 0.6 ± 0.1414 (best), llm_auc 0.4, llm_logloss 0.8; b: 0.25, 0.75 (best), 0.6 (best)
+    assert lines[5] == (
+        "| a | **0.6000 ± 0.1414** | 0.4000 ± 0.1414 | 0.8000 ± 0.1414 | 10.0 | 100 | 7 |"
+    )
+    assert (
+        lines[6]
+        == "| b | 0.2500 ± 0.0000 | **0.7500 ± 0.0000** | **0.6000 ± 0.0000** | 10.0 | 100 | 7 |"
+    )
+    assert (workdir / "auc.png").stat().st_size > 1000
+    assert [smaller_is_better(m) for m in ("llm_logloss", "icl_mae", "rmse", "llm_auc")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    same = [{"seed": 1, "eval_candidates": "d1"}, {"seed": 1, "eval_candidates": "d1"}]
+    assert candidates_note(same) == "all models ranked the same candidate lists per seed."
+    mixed = [*same, {"seed": 1, "eval_candidates": "d2"}]
+    assert candidates_note(mixed).startswith("candidate lists differ between rows of a seed")

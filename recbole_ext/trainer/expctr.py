@@ -120,6 +120,18 @@ class ExpCTRTrainer(Trainer):
     LoRA adapters --, ``encoder`` (a ``SentenceEncoder``) and ``store`` (a ``ResponseStore``).
     """
 
+    # read by recbole_ext.tune, which refuses the model before Ray starts
+    tune_unsupported = (
+        "ExpCTR cannot run under --tune: (1) its CTR checkpoint is "
+        "<checkpoint_dir>/expctr-<run key>/ctr.pth, not the *.pth the harness looks for at the "
+        "top of a trial's directory; (2) its test metrics need the trained generator (the test "
+        "explanations), which testing a saved CTR model cannot restore; (3) the valid AUC it "
+        "reports per CTR epoch starts again at each stage 2, so ASHA could stop a trial in its "
+        "final refit. Run the beta/delta grid (Fig. 4) as a benchmark suite instead: python "
+        "run_recbole_ext.py --benchmark --suite=properties/benchmark/expctr_sensitivity.yaml "
+        "--output=DIR, then python benchmarks/expctr_report.py sensitivity"
+    )
+
     def __init__(self, config, model, *, lm=None, encoder=None, store=None):
         super().__init__(config, model)
         self.settings = ExpCTRConfig.from_recbole_config(config)
