@@ -443,6 +443,7 @@ def _finished_stages(trainer) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 SUITE = REPO / "properties" / "benchmark" / "expctr_sensitivity.yaml"
 SENSITIVITY_METRICS = {  # column: (label, better) of sensitivity.md / .csv
+    # what the runs scored (table 1 of sensitivity.md)
     "aug_auc": ("ExpCTR-Aug AUC", "↑"),
     "aug_logloss": ("ExpCTR-Aug LogLoss", "↓"),
     "llm_auc": ("ExpCTR-LLM AUC", "↑"),
@@ -451,10 +452,15 @@ SENSITIVITY_METRICS = {  # column: (label, better) of sensitivity.md / .csv
     "lc_reward": ("R_LC, stage 1 mean", "↑"),
     "lc_reward_last": ("R_LC, last step", "↑"),
     "ic_reward": ("R_IC, stage 3 mean", "↑"),
-    "kl_last": ("KL, last step", ""),
-    "same_rollouts": ("rollouts = paper point's", ""),
-    "same_final": ("final explanations = paper point's", ""),
+    # how far the run's generator is from the paper point's (table 2)
+    "kl_last": ("KL to π_init, last step", ""),
+    "lora_b_norm": ("‖B‖ of LoRA", ""),
+    "lora_b_change": ("‖B − B_paper‖ / ‖B_paper‖", ""),
+    "same_rollouts": ("PPO rollouts = paper's", ""),
+    "same_final": ("final valid/test explanations = paper's", ""),
 }
+SCORE_COLUMNS = ("aug_auc", "aug_logloss", "llm_auc", "llm_logloss", "icl_auc", "lc_reward")
+SCORE_COLUMNS += ("lc_reward_last", "ic_reward")
 
 
 def sensitivity_points(suite: Path, dataset: str = "ml-100k") -> dict[str, tuple[float, float]]:
@@ -492,6 +498,7 @@ def sensitivity_rows(rows: list[dict], points: dict, store=None) -> list[dict]:
         record |= run_rewards(store, row)
         reference = paper.get(row["seed"])
         record |= same_explanations(store, row, reference)
+        record |= adapter_change(store, row, reference)
         record["train_seconds"] = row.get("train_seconds", math.nan)
         records.append(record)
     return records
@@ -549,6 +556,33 @@ def same_explanations(store, row: dict, reference: dict | None) -> dict[str, flo
     return fractions
 
 
+def adapter_change(store, row: dict, reference: dict | None) -> dict[str, float]:
+    """``‖B‖`` of the run's final LoRA ``B`` matrices (zero at π_init, so this is how far PPO moved
+    them) and ``‖B − B_ref‖ / ‖B_ref‖`` against ``reference``'s run, from the ``generator.pt``
+    of each run's last PPO stage under its checkpoint directory; NaN where a file is missing."""
+    import torch
+
+    def lora_b(run: dict | None) -> dict | None:
+        if store is None or run is None:
+            return None
+        progress = store.get_record(f"expctr:{_run_key(run)}:progress", "final_stage2_ctr")
+        path = run_dir(run) / (progress or {}).get("generator", "-") / "generator.pt"
+        if not path.is_file():
+            return None
+        adapters = torch.load(path, map_location="cpu", weights_only=True)["adapters"]
+        return {name: value.double() for name, value in adapters.items() if "lora_B" in name}
+
+    def norm(tensors) -> float:
+        return math.sqrt(sum(float((t**2).sum()) for t in tensors))
+
+    mine, theirs = lora_b(row), lora_b(reference)
+    result = {"lora_b_norm": math.nan if mine is None else norm(mine.values())}
+    if mine is None or theirs is None or not norm(theirs.values()):
+        return result | {"lora_b_change": math.nan}
+    change = norm(mine[k] - theirs[k] for k in theirs) / norm(theirs.values())
+    return result | {"lora_b_change": change}
+
+
 def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
@@ -596,33 +630,40 @@ def sensitivity(args) -> None:
         writer.writeheader()
         writer.writerows(records)
     seeds = sorted({r["seed"] for r in records})
-    shown = [c for c in SENSITIVITY_METRICS if c not in ("aug_logloss", "llm_logloss", "kl_last")]
     lines = [
-        f"ExpCTR β/δ sensitivity on ml-100k, tiny preset, seeds {seeds} "
-        f"({len(records)} runs); mean ± std (ddof 1) over seeds (one seed: its value). "
-        "β = ppo_kl_coef, "
-        f"δ = ppo_reward_clip; the paper point is β = {points['paper'][0]}, "
-        f"δ = {points['paper'][1]}. The last two columns: share of the run's explanations equal "
-        "to the paper point's run of the same seed (PPO rollouts; final generator on valid+test).",
+        f"ExpCTR β/δ sensitivity on ml-100k, tiny preset, seeds {seeds} ({len(records)} runs); "
+        "mean ± std (ddof 1) over seeds (one seed: its value). β = ppo_kl_coef, δ = "
+        f"ppo_reward_clip; the paper point is β = {points['paper'][0]:g}, "
+        f"δ = {points['paper'][1]:g}.",
         "",
-        "| row | β | δ | seeds | "
-        + " | ".join(
-            f"{SENSITIVITY_METRICS[c][0]} {SENSITIVITY_METRICS[c][1]}".strip() for c in shown
-        )
-        + " |",
-        "|---" * (len(shown) + 4) + "|",
+        *_summary_table(summary, SCORE_COLUMNS),
+        "",
+        "How far each run's generator is from the paper point's run of the same seed: the sampled "
+        "KL of the last PPO step, the LoRA B matrices after the last PPO stage (zero at π_init), "
+        "and the share of identical explanations (PPO rollouts of every stage; the final "
+        "generator's valid and test explanations).",
+        "",
+        *_summary_table(summary, [c for c in SENSITIVITY_METRICS if c not in SCORE_COLUMNS]),
     ]
+    (args.output / "sensitivity.md").write_text("\n".join(lines) + "\n")
+    plot_sensitivity(args.output / "sensitivity.png", summary, records, points["paper"])
+    print("\n".join(lines))
+    print(f"wrote {args.output / 'sensitivity.csv'}, .md, .png")
+
+
+def _summary_table(summary: list[dict], columns) -> list[str]:
+    """Markdown rows: one per suite row, a ``mean ± std`` cell per column."""
+    header = [f"{SENSITIVITY_METRICS[c][0]} {SENSITIVITY_METRICS[c][1]}".strip() for c in columns]
+    lines = ["| row | β | δ | seeds | " + " | ".join(header) + " |"]
+    lines.append("|---" * (len(columns) + 4) + "|")
     for s in summary:
-        cells = [_mean_std_cell(*s[c], len(s["seeds"])) for c in shown]
+        cells = [_mean_std_cell(*s[c], len(s["seeds"])) for c in columns]
         lines.append(
             f"| {s['name']} | {s['beta']:g} | {s['delta']:g} | {len(s['seeds'])} | "
             + " | ".join(cells)
             + " |"
         )
-    (args.output / "sensitivity.md").write_text("\n".join(lines) + "\n")
-    plot_sensitivity(args.output / "sensitivity.png", summary, records, points["paper"])
-    print("\n".join(lines))
-    print(f"wrote {args.output / 'sensitivity.csv'}, .md, .png")
+    return lines
 
 
 def _mean_std_cell(mean: float, std: float, seeds: int) -> str:

@@ -214,6 +214,37 @@ def test_sensitivity_command_writes_csv_markdown_and_figure(tmp_path):
         ("beta=0.5", 0.5, 0.75),
     ]
     lines = (tmp_path / "sensitivity.md").read_text().splitlines()
-    assert lines[2].startswith("| row | β | δ | seeds | ExpCTR-Aug AUC ↑ | ExpCTR-LLM AUC ↑ |")
-    assert lines[5].startswith("| beta=0.5 | 0.5 | 1 | 1 | 0.7500 | 0.5000 | - | 0.7500 |")
+    assert lines[2].startswith("| row | β | δ | seeds | ExpCTR-Aug AUC ↑ | ExpCTR-Aug LogLoss ↓ |")
+    # one seed: values without std; ICL absent from the rows: "-"
+    assert lines[5] == (
+        "| beta=0.5 | 0.5 | 1 | 1 | 0.7500 | 0.7000 | 0.5000 | 0.6000 | - | 0.7500 | 0.7500 "
+        "| 0.6000 |"
+    )
+    assert lines[9].startswith("| row | β | δ | seeds | KL to π_init, last step | ‖B‖ of LoRA |")
     assert (tmp_path / "sensitivity.png").stat().st_size > 10_000
+
+
+def test_adapter_change_compares_the_lora_b_matrices_of_the_last_ppo_stage(tmp_path):
+    import torch
+
+    store = ResponseStore(tmp_path / "store.sqlite")
+    rows = {}
+    for key, b in (("k0", [3.0, 4.0]), ("k1", [3.0, 4.5]), ("k2", None)):
+        _progress(store, key, lc=[(0.5, 0.0)], ic=[(0.5, 0.0)])
+        stage = tmp_path / "saved" / f"expctr-{key}" / "iter0_stage3_ic"
+        stage.mkdir(parents=True)
+        if b is not None:  # A matrices are left out of the comparison: only B starts at zero
+            adapters = {
+                "q.lora_A.w": torch.tensor([9.0, key == "k1"]),
+                "q.lora_B.w": torch.tensor(b),
+            }
+            torch.save({"adapters": adapters}, stage / "generator.pt")
+        rows[key] = {"model_file": str(stage.parent / "final_stage2_ctr" / "ctr.pth")}
+    same = report.adapter_change(store, rows["k0"], rows["k0"])
+    assert same == {"lora_b_norm": 5.0, "lora_b_change": 0.0}
+    moved = report.adapter_change(store, rows["k1"], rows["k0"])
+    assert moved["lora_b_norm"] == pytest.approx(math.hypot(3, 4.5))
+    assert moved["lora_b_change"] == pytest.approx(0.5 / 5.0)
+    missing = report.adapter_change(store, rows["k2"], rows["k0"])
+    assert math.isnan(missing["lora_b_norm"]) and math.isnan(missing["lora_b_change"])
+    assert math.isnan(report.adapter_change(store, rows["k1"], None)["lora_b_change"])
