@@ -311,6 +311,22 @@ def markdown(rows: list[dict], with_fraction: bool, with_lr: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pivot_markdown(rows: list[dict], metric: str) -> str:
+    """One metric by variant (rows) and training share (columns): the compact Table 3."""
+    fractions = sorted({r["train_fraction"] for r in rows})
+    lines = [
+        "| " + " | ".join([COLUMNS[metric], *(f"{f:.0%} train" for f in fractions)]) + " |",
+        "|" + "---|" * (len(fractions) + 1),
+    ]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        cells = {
+            r["train_fraction"]: r["cells"].get(metric, "") for r in rows if r["variant"] == variant
+        }
+        label = VARIANTS[variant][0]
+        lines.append("| " + " | ".join([label, *(cells.get(f, "") for f in fractions)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table", choices=sorted(TABLES))
@@ -355,6 +371,8 @@ def main() -> None:
         json.dumps({"preset": base, "cmd_args": cmd_args, "rows": rows}, indent=2) + "\n"
     )
     table = markdown(rows, with_fraction, with_lr)
+    if with_fraction:
+        table = "\n".join(pivot_markdown(rows, m) for m in ("auc", "rmse")) + "\n" + table
     if args.table == "table2":
         n_pos, n_neg = rows[-1]["test_high_low"]
         table += (

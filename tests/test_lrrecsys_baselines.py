@@ -20,6 +20,7 @@ from lrrecsys_tables import (  # noqa: E402
     constant_predictor_metrics,
     hanley_mcneil_se,
     mean_std,
+    pivot_markdown,
     select_by_validation,
     table_metrics,
 )
@@ -188,3 +189,15 @@ def test_table_configs_put_every_model_on_the_protocol():
     assert model == "LRRecsys" and config["LABEL_FIELD"] == "rating"
     assert config["lrrecsys_explanation_source"] == "free"
     assert "lrrecsys_train_fraction" not in config and "eval_protocol" not in config
+
+
+def test_efficiency_pivot_puts_each_training_share_in_its_column():
+    rows = [
+        {"variant": "FM", "train_fraction": 1.0, "cells": {"auc": "0.650 ± 0.010"}},
+        {"variant": "FM", "train_fraction": 0.25, "cells": {"auc": "0.600 ± 0.020"}},
+        {"variant": "free", "train_fraction": 0.25, "cells": {"auc": "0.550 ± 0.030"}},
+    ]
+    lines = pivot_markdown(rows, "auc").splitlines()
+    assert lines[0] == "| AUC ↑ | 25% train | 100% train |"
+    assert lines[2] == "| FM (RecBole) | 0.600 ± 0.020 | 0.650 ± 0.010 |"
+    assert lines[3] == "| Ablation 1: free learnable vectors | 0.550 ± 0.030 |  |"
