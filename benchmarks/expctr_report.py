@@ -452,15 +452,17 @@ SENSITIVITY_METRICS = {  # column: (label, better) of sensitivity.md / .csv
     "lc_reward": ("R_LC, stage 1 mean", "↑"),
     "lc_reward_last": ("R_LC, last step", "↑"),
     "ic_reward": ("R_IC, stage 3 mean", "↑"),
+    "llm_auc_shared": ("ExpCTR-LLM AUC, shared sampling seeds", "↑"),
     # how far the run's generator is from the paper point's (table 2)
     "kl_last": ("KL to π_init, last step", ""),
     "lora_b_norm": ("‖B‖ of LoRA", ""),
     "lora_b_change": ("‖B − B_paper‖ / ‖B_paper‖", ""),
     "same_rollouts": ("PPO rollouts = paper's", ""),
     "same_final": ("final valid/test explanations = paper's", ""),
+    "same_shared": ("test explanations = paper's, shared seeds", ""),
 }
 SCORE_COLUMNS = ("aug_auc", "aug_logloss", "llm_auc", "llm_logloss", "icl_auc", "lc_reward")
-SCORE_COLUMNS += ("lc_reward_last", "ic_reward")
+SCORE_COLUMNS += ("lc_reward_last", "ic_reward", "llm_auc_shared")
 
 
 def sensitivity_points(suite: Path, dataset: str = "ml-100k") -> dict[str, tuple[float, float]]:
@@ -499,6 +501,7 @@ def sensitivity_rows(rows: list[dict], points: dict, store=None) -> list[dict]:
         reference = paper.get(row["seed"])
         record |= same_explanations(store, row, reference)
         record |= adapter_change(store, row, reference)
+        record |= {"llm_auc_shared": math.nan, "same_shared": math.nan}  # see shared_seed_columns
         record["train_seconds"] = row.get("train_seconds", math.nan)
         records.append(record)
     return records
@@ -587,6 +590,105 @@ def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
+def resampled_explanations(trainer, samples: list[dict], generator: str, seed: int):
+    """``(texts, LC scores)`` of ``samples`` explained by the generator saved at the end of PPO
+    stage ``generator``, sampled as the trainer samples its evaluation explanations (chunks of
+    ``expctr_generation_batch_size``, ``torch.manual_seed(seed + chunk start)`` before each) but
+    with ``seed`` chosen by the caller. With the trainer's own seed (:func:`own_sampling_seed`)
+    this reproduces the run's stored explanations; with one seed for every run of a sweep the
+    runs' generators are compared on common random numbers. Cached in the store
+    (``expctr:<run key>:resample:<generator>:seed<seed>``)."""
+    import torch
+
+    from recbole_ext.rl import ctr_messages
+    from recbole_ext.rl.ppo import generate_responses
+
+    kind = f"expctr:{trainer.run_key}:resample:{generator}:seed{seed}"
+    stored = [trainer.store.get_record(kind, s["key"]) for s in samples]
+    if any(v is None for v in stored):
+        trainer._ensure_policy()
+        trainer._restore_generator(generator)
+        size = trainer.settings.generation_batch_size
+        for start in range(0, len(samples), size):
+            chunk = samples[start : start + size]
+            torch.manual_seed(seed + start)
+            texts = generate_responses(
+                trainer.policy, trainer.tokenizer, [s["prompt"] for s in chunk], trainer.ppo
+            ).texts
+            scores = trainer._yes_no_scores(
+                [ctr_messages(t, s["target_text"], trainer.domain) for s, t in zip(chunk, texts)]
+            )
+            for i, text, score in zip(range(start, start + len(chunk)), texts, scores):
+                stored[i] = {"text": text, "score": score}
+                trainer.store.put_record(kind, samples[i]["key"], stored[i])
+    return [v["text"] for v in stored], [v["score"] for v in stored]
+
+
+def own_sampling_seed(trainer, generator: str) -> int:
+    """The seed of the trainer's first evaluation chunk for ``generator`` (``_explanations``)."""
+    from recbole_ext.trainer.expctr import _stage_seed
+
+    return trainer.config["seed"] + _stage_seed(f"expctr:{trainer.run_key}:gen:{generator}")
+
+
+def resample_run(row: dict, overrides: dict, store_path: Path, dataset: str, seeds: list[int]):
+    """Test explanations and LC scores of a sweep run's final generator under each of ``seeds``
+    and under its own seed; the latter must reproduce the run's stored test explanations and
+    its ``llm_auc`` (checked here, so the restored generator is the run's). Returns
+    ``{"labels": [...], seed: (texts, scores), ...}``."""
+    from recbole_ext.config import Config
+    from recbole_ext.quick_start import build
+    from recbole_ext.trainer.expctr import ExpCTRTrainer, ctr_metrics, run_key
+
+    directory = run_dir(row)
+    values = {**overrides, "seed": row["seed"], "checkpoint_dir": str(directory.parent)}
+    values |= {"llm_store_path": str(store_path), "state": "WARNING"}
+    config = Config("ExpCTR", dataset, config_dict=values)
+    if f"expctr-{run_key(config)}" != directory.name:
+        raise SystemExit(f"{row['model']}: settings differ from the run's ({directory.name})")
+    _, model, _, _, test = build(config)
+    trainer = ExpCTRTrainer(config, model)
+    samples = trainer._samples(test)
+    progress = f"expctr:{trainer.run_key}:progress"
+    generator = trainer.store.get_record(progress, "final_stage2_ctr")["generator"]
+    labels = [s["label"] for s in samples]
+    own = own_sampling_seed(trainer, generator)
+    texts, scores = resampled_explanations(trainer, samples, generator, own)
+    kind = f"expctr:{trainer.run_key}:gen:{generator}"
+    stored = [trainer.store.get_record(kind, s["key"]) for s in samples]
+    auc, reported = ctr_metrics(labels, scores)["auc"], row["test_result"]["llm_auc"]
+    if texts != stored or not same_metrics({"auc": auc}, {"auc": reported}, tol=1e-6):
+        raise SystemExit(
+            f"{row['model']} seed {row['seed']}: resampling with the run's own seed gives "
+            f"AUC {auc} (reported {reported}); its explanations differ: {texts != stored}"
+        )
+    return {"labels": labels} | {
+        seed: resampled_explanations(trainer, samples, generator, seed) for seed in seeds
+    }
+
+
+def shared_seed_columns(resampled: dict, reference: dict | None, seeds: list[int]) -> dict:
+    """``llm_auc_seed<s>``: test AUC of the LC scores of one run's explanations resampled with
+    seed ``s``; ``llm_auc_shared``: their mean over ``seeds``; ``same_shared``: the share of the
+    explanations equal to ``reference``'s (same seed, same pair).
+
+    >>> run = {"labels": [1, 0], 7: (["a", "b"], [0.9, 0.1]), 8: (["c", "d"], [0.2, 0.3])}
+    >>> other = {"labels": [1, 0], 7: (["a", "x"], [0.9, 0.5]), 8: (["c", "d"], [0.2, 0.3])}
+    >>> shared_seed_columns(run, other, [7, 8])
+    {'llm_auc_seed7': 1.0, 'llm_auc_seed8': 0.0, 'llm_auc_shared': 0.5, 'same_shared': 0.75}
+    """
+    from recbole_ext.trainer.expctr import ctr_metrics
+
+    columns = {
+        f"llm_auc_seed{s}": ctr_metrics(resampled["labels"], resampled[s][1])["auc"] for s in seeds
+    }
+    columns["llm_auc_shared"] = _mean([columns[f"llm_auc_seed{s}"] for s in seeds])
+    if reference is None:
+        return columns | {"same_shared": math.nan}
+    pairs = [(a, b) for s in seeds for a, b in zip(resampled[s][0], reference[s][0], strict=True)]
+    return columns | {"same_shared": sum(a == b for a, b in pairs) / len(pairs)}
+
+
 def sensitivity_summary(records: list[dict]) -> list[dict]:
     """Mean and std (ddof 1) over seeds of every column, per row of the suite (its order)."""
     names = list(dict.fromkeys(r["name"] for r in records))
@@ -623,18 +725,36 @@ def sensitivity(args) -> None:
     store_path = BenchmarkSpec.from_suite(args.suite).overrides.get("llm_store_path")
     store = ResponseStore(REPO / store_path) if store_path else None
     records = sensitivity_rows(rows, points, store)
+    seeds = [int(v) for v in args.resample_seeds.split(",") if v]
+    if seeds and store is not None:  # common random numbers: every run's generator, same seeds
+        spec = BenchmarkSpec.from_suite(args.suite)
+        resampled = {}
+        for row in rows:
+            overrides = {**spec.overrides, **spec.variants.get(row["model"], {}).get("config", {})}
+            resampled[row["model"], row["seed"]] = resample_run(
+                row, overrides, REPO / store_path, args.dataset, seeds
+            )
+        for record in records:
+            paper = [r for r in rows if r["seed"] == record["seed"]]
+            paper = [r for r in paper if points[r["model"]] == points["paper"]]
+            reference = resampled[paper[0]["model"], record["seed"]] if paper else None
+            mine = resampled[record["name"], record["seed"]]
+            record |= shared_seed_columns(mine, reference, seeds)
     summary = sensitivity_summary(records)
-    columns = ["name", "seed", "beta", "delta", *SENSITIVITY_METRICS, "train_seconds"]
+    extra = [f"llm_auc_seed{s}" for s in seeds if any(f"llm_auc_seed{s}" in r for r in records)]
+    columns = ["name", "seed", "beta", "delta", *SENSITIVITY_METRICS, *extra, "train_seconds"]
     with open(args.output / "sensitivity.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(records)
-    seeds = sorted({r["seed"] for r in records})
+    run_seeds = sorted({r["seed"] for r in records})
     lines = [
-        f"ExpCTR β/δ sensitivity on ml-100k, tiny preset, seeds {seeds} ({len(records)} runs); "
+        f"ExpCTR β/δ sensitivity on ml-100k, tiny preset, seeds {run_seeds} ({len(records)} runs); "
         "mean ± std (ddof 1) over seeds (one seed: its value). β = ppo_kl_coef, δ = "
         f"ppo_reward_clip; the paper point is β = {points['paper'][0]:g}, "
-        f"δ = {points['paper'][1]:g}.",
+        f"δ = {points['paper'][1]:g}. Shared sampling seeds: each run's final generator "
+        f"explains the test pairs again with the sampling seeds {seeds or '(not run)'}, the same "
+        "for every run (its own seed, derived from its settings' hash, reproduces its llm_auc).",
         "",
         *_summary_table(summary, SCORE_COLUMNS),
         "",
@@ -686,15 +806,15 @@ def plot_sensitivity(path: Path, summary: list[dict], records: list[dict], paper
     import matplotlib.pyplot as plt
 
     curves = {"aug_auc": ("C0", "o"), "llm_auc": ("C1", "s"), "lc_reward": ("C2", "^")}
+    if any(r["llm_auc_shared"] == r["llm_auc_shared"] for r in records):
+        curves["llm_auc_shared"] = ("C3", "D")
     axes_rows = sensitivity_axes(summary, paper)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for axis, (param, entries) in zip(axes, axes_rows.items(), strict=True):
         x = [e[param] for e in entries]
         names = {e["name"] for e in entries}
         for shift, (column, (color, marker)) in enumerate(curves.items()):
-            nudge = 1 + 0.04 * (
-                shift - 1
-            )  # side by side on the log axis: equal values stay visible
+            nudge = 1 + 0.04 * (shift - 1.5)  # side by side on the log axis: ties stay visible
             means = [e[column][0] for e in entries]
             stds = [e[column][1] for e in entries]
             axis.errorbar(
@@ -719,10 +839,10 @@ def plot_sensitivity(path: Path, summary: list[dict], records: list[dict], paper
         axis.set_xlabel(f"{symbol} at {fixed}; dotted: the paper's value")
     axes[0].set_ylabel("test AUC / mean raw R_LC of stage 1")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     seeds = sorted({r["seed"] for r in records})
     fig.suptitle(f"ExpCTR β/δ sensitivity, ml-100k tiny preset, seeds {seeds}; dots: single seeds")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -745,6 +865,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2020, help="case-study: the run's seed")
     parser.add_argument("--pairs", type=int, default=4, help="case-study: test pairs shown")
     parser.add_argument("--suite", type=Path, default=SUITE, help="sensitivity: the suite yaml")
+    parser.add_argument(
+        "--resample_seeds", default="0,1,2", help="sensitivity: shared sampling seeds ('' = none)"
+    )
     args = parser.parse_args()
     commands = {
         "baselines": baselines,

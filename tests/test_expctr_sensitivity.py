@@ -204,7 +204,7 @@ def test_sensitivity_command_writes_csv_markdown_and_figure(tmp_path):
     (tmp_path / "sensitivity").mkdir()
     rows = [_row("paper", 1, "k0", 0.5, 0.25), _row("beta=0.5", 1, "k1", 0.75, 0.5)]
     (tmp_path / "sensitivity" / "results.jsonl").write_text("\n".join(map(json.dumps, rows)))
-    args = argparse.Namespace(output=tmp_path, suite=suite, dataset="ml-100k")
+    args = argparse.Namespace(output=tmp_path, suite=suite, dataset="ml-100k", resample_seeds="")
     report.sensitivity(args)
 
     with open(tmp_path / "sensitivity.csv") as handle:
@@ -218,7 +218,7 @@ def test_sensitivity_command_writes_csv_markdown_and_figure(tmp_path):
     # one seed: values without std; ICL absent from the rows: "-"
     assert lines[5] == (
         "| beta=0.5 | 0.5 | 1 | 1 | 0.7500 | 0.7000 | 0.5000 | 0.6000 | - | 0.7500 | 0.7500 "
-        "| 0.6000 |"
+        "| 0.6000 | - |"
     )
     assert lines[9].startswith("| row | β | δ | seeds | KL to π_init, last step | ‖B‖ of LoRA |")
     assert (tmp_path / "sensitivity.png").stat().st_size > 10_000
@@ -248,3 +248,31 @@ def test_adapter_change_compares_the_lora_b_matrices_of_the_last_ppo_stage(tmp_p
     missing = report.adapter_change(store, rows["k2"], rows["k0"])
     assert math.isnan(missing["lora_b_norm"]) and math.isnan(missing["lora_b_change"])
     assert math.isnan(report.adapter_change(store, rows["k1"], None)["lora_b_change"])
+
+
+def test_resampling_with_the_runs_own_seed_reproduces_its_test_explanations(workdir, monkeypatch):
+    from tests.test_expctr import _trainer, tiny_config
+
+    config = tiny_config(workdir)
+    trainer, train, valid, test = _trainer(config)
+    trainer.fit(train, valid)
+    trainer.evaluate(test)
+    generator = trainer.generator_version
+    samples = trainer._samples(test)
+    kind = f"expctr:{trainer.run_key}:gen:{generator}"
+    stored = [trainer.store.get_record(kind, s["key"]) for s in samples]
+    llm_scores = trainer._cached_scores("llm", samples, stored)
+
+    fresh, _, _, test = _trainer(config)  # a new process: the generator comes from the run's files
+    samples = fresh._samples(test)
+    own = report.own_sampling_seed(fresh, generator)
+    texts, scores = report.resampled_explanations(fresh, samples, generator, own)
+    assert generator == "iter0_stage3_ic" and texts == stored
+    assert scores == pytest.approx(llm_scores)
+    other, _ = report.resampled_explanations(fresh, samples, generator, own + 1)
+    assert other != texts  # another sampling seed, other explanations of the same generator
+
+    import recbole_ext.rl.ppo as ppo
+
+    monkeypatch.setattr(ppo, "generate_responses", None)  # cached now: no generation at all
+    assert report.resampled_explanations(fresh, samples, generator, own) == (texts, scores)
