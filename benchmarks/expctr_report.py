@@ -798,8 +798,10 @@ def _mean_std_cell(mean: float, std: float, seeds: int) -> str:
 
 
 def plot_sensitivity(path: Path, summary: list[dict], records: list[dict], paper) -> None:
-    """Fig. 4: ExpCTR-Aug AUC, ExpCTR-LLM AUC and the stage-1 LC reward against β (at the
-    paper's δ) and against δ (at the paper's β); means over seeds with ±std bars, seeds as dots."""
+    """Fig. 4: ExpCTR-Aug AUC, ExpCTR-LLM AUC, the stage-1 LC reward and (when resampled) the
+    ExpCTR-LLM AUC under shared sampling seeds against β (at the paper's δ) and against δ (at the
+    paper's β): means over run seeds with ±std bars and single seeds as dots; the shared-seed
+    curve's bars span the min-max over its sampling seeds (the sampling noise of a generator)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -816,15 +818,22 @@ def plot_sensitivity(path: Path, summary: list[dict], records: list[dict], paper
         for shift, (column, (color, marker)) in enumerate(curves.items()):
             nudge = 1 + 0.04 * (shift - 1.5)  # side by side on the log axis: ties stay visible
             means = [e[column][0] for e in entries]
-            stds = [e[column][1] for e in entries]
+            bars, label = [e[column][1] for e in entries], SENSITIVITY_METRICS[column][0]
+            if column == "llm_auc_shared":
+                spans = [_sampling_span(records, e["name"]) for e in entries]
+                bars = [
+                    [m - lo for m, (lo, _) in zip(means, spans)],
+                    [hi - m for m, (_, hi) in zip(means, spans)],
+                ]
+                label += " (mean; bars: min-max over the sampling seeds)"
             axis.errorbar(
                 [v * nudge for v in x],
                 means,
-                yerr=stds,
+                yerr=bars,
                 marker=marker,
                 capsize=3,
                 color=color,
-                label=SENSITIVITY_METRICS[column][0] + " (mean ± std over seeds)",
+                label=label,
             )
             dots = [(r[param] * nudge, r[column]) for r in records if r["name"] in names]
             if dots:
@@ -841,10 +850,20 @@ def plot_sensitivity(path: Path, summary: list[dict], records: list[dict], paper
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     seeds = sorted({r["seed"] for r in records})
-    fig.suptitle(f"ExpCTR β/δ sensitivity, ml-100k tiny preset, seeds {seeds}; dots: single seeds")
+    fig.suptitle(
+        f"ExpCTR β/δ sensitivity, ml-100k tiny preset, run seeds {seeds} "
+        "(mean ± std over run seeds; dots: single run seeds)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _sampling_span(records: list[dict], name: str) -> tuple[float, float]:
+    """Min and max of a row's ``llm_auc_seed<s>`` values over sampling seeds and run seeds."""
+    values = [v for r in records if r["name"] == name for k, v in r.items() if "_auc_seed" in k]
+    return (min(values), max(values)) if values else (math.nan, math.nan)
 
 
 def _cell(text: str) -> str:
