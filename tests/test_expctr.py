@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import recbole_ext.data.dataset as datasets
 from recbole_ext.config import Config
-from recbole_ext.data.expctr_dataset import ExpCTRDataset
 from recbole_ext.data.expctr_samples import build_samples
 from recbole_ext.quick_start import build
 from recbole_ext.rl.config import ExpCTRConfig, ppo_config
@@ -128,12 +126,6 @@ def test_samples_target_history_and_liked_split_by_threshold():
     assert len(capped) == 4 and len({(s.user, s.item) for s in capped}) == 4
 
 
-@pytest.fixture
-def expctr_registry(monkeypatch):
-    """The registry line the lead adds to recbole_ext/data/dataset.py."""
-    monkeypatch.setattr(datasets, "ExpCTRDataset", ExpCTRDataset, raising=False)
-
-
 def tiny_config(workdir, **overrides):
     values = {
         "data_path": str(TINY_DATA),
@@ -148,7 +140,7 @@ def tiny_config(workdir, **overrides):
     return Config("ExpCTR", "tiny", [str(TINY_YAML)], values)
 
 
-def test_dataset_holds_the_samples_split_8_1_1(workdir, expctr_registry):
+def test_dataset_holds_the_samples_split_8_1_1(workdir):
     config = tiny_config(workdir)
     dataset, model, train, valid, test = build(config)
     assert len(dataset.inter_feat) == 40  # one target for each of the 40 users
@@ -170,7 +162,7 @@ def test_dataset_holds_the_samples_split_8_1_1(workdir, expctr_registry):
 # --------------------------------------------------------------------------------------------
 # Eq. 12-13: the IC reward model
 # --------------------------------------------------------------------------------------------
-def test_model_concatenates_z_and_ic_reward_zeroes_it_exactly(workdir, expctr_registry):
+def test_model_concatenates_z_and_ic_reward_zeroes_it_exactly(workdir):
     config = tiny_config(workdir)
     _, model, train, _, _ = build(config)
     model.eval()
@@ -251,7 +243,7 @@ def _adapters(trainer):
     return {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
 
 
-def test_stage_order_outputs_and_resume_without_asking_the_llm(workdir, expctr_registry):
+def test_stage_order_outputs_and_resume_without_asking_the_llm(workdir):
     config = tiny_config(workdir)
     trainer, train, valid, test = _trainer(config)
     best, valid_result = trainer.fit(train, valid)
@@ -274,7 +266,7 @@ def test_stage_order_outputs_and_resume_without_asking_the_llm(workdir, expctr_r
     assert dict(result2) == pytest.approx(dict(result), nan_ok=True)
 
 
-def test_interrupted_run_resumes_at_the_stage_that_failed(workdir, expctr_registry, monkeypatch):
+def test_interrupted_run_resumes_at_the_stage_that_failed(workdir, monkeypatch):
     config = tiny_config(workdir, expctr_final_refit=False)
     reference, train, valid, _ = _trainer(config)
     reference.run_dir = workdir / "uninterrupted"  # same seeds, its own files
@@ -310,7 +302,7 @@ def test_interrupted_run_resumes_at_the_stage_that_failed(workdir, expctr_regist
         torch.testing.assert_close(value, expected[name])
 
 
-def test_stage2_keeps_the_last_epoch_when_the_valid_metric_is_nan(workdir, expctr_registry):
+def test_stage2_keeps_the_last_epoch_when_the_valid_metric_is_nan(workdir):
     """A one-class valid split has no AUC: RecBole saves no checkpoint; stage 2 keeps the last
     epoch instead of failing (or silently loading an earlier stage's file)."""
     config = tiny_config(workdir, expctr_iterations=0, expctr_lc_epochs=0)
