@@ -264,6 +264,25 @@ def paired_users(rows: list[dict], model: str, other: str) -> tuple[np.ndarray, 
     return np.array(ours), np.array(theirs)
 
 
+def common_seed_means(rows: list[dict], model: str, other: str, metric: str) -> tuple[float, float]:
+    """Test ``metric`` of two models, each averaged over the seeds that both have (so a resumed,
+    partial benchmark never compares a 1-seed row with a 3-seed mean).
+
+    >>> rows = [{"model": "a", "seed": s, "test_result": {"m": v}} for s, v in ((1, 1.0), (2, 3.0))]
+    >>> rows.append({"model": "b", "seed": 2, "test_result": {"m": 2.0}})
+    >>> common_seed_means(rows, "a", "b", "m")
+    (3.0, 2.0)
+    """
+    values = {(r["model"], r["seed"]): r["test_result"][metric] for r in rows}
+    seeds = {s for m, s in values if m == model} & {s for m, s in values if m == other}
+    if not seeds:
+        return math.nan, math.nan
+    return (
+        float(np.mean([values[(model, s)] for s in seeds])),
+        float(np.mean([values[(other, s)] for s in seeds])),
+    )
+
+
 def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
     models = [m for m in spec.models if any(r["model"] == m for r in rows)]
     summary = summarise(rows, models)
@@ -303,11 +322,24 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
             f"| {model} | " + " | ".join(cells) + f" | {s['train_seconds'][0]:.1f} | "
             f"{s['peak_memory_mib'][0]:.0f} | {int(s['num_parameters'][0])} |"
         )
+    partial = {
+        model: sorted({r["seed"] for r in rows if r["model"] == model})
+        for model in models
+        if summary[model][head][2] < len(spec.seeds)
+    }
+    if partial:
+        lines += [
+            "",
+            "Rows with fewer seeds (± 0 means one seed): "
+            + "; ".join(f"{m}: seeds {', '.join(map(str, s))}" for m, s in partial.items())
+            + ".",
+        ]
     if best_baseline and ours:
         lines += [
             "",
-            f"Improvement over the best baseline ({best_baseline}, by {head}); stars: paired "
-            "t-test on per-user NDCG@10 pooled over seeds (* p<0.05, ** p<0.01, *** p<0.001).",
+            f"Improvement over the best baseline ({best_baseline}, by {head}), on the seeds both "
+            "rows have; stars: paired t-test on per-user NDCG@10 pooled over those seeds "
+            "(* p<0.05, ** p<0.01, *** p<0.001).",
             "",
             "| model | " + " | ".join(metrics) + " | p-value |",
             "|---" * (len(metrics) + 2) + "|",
@@ -320,11 +352,8 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
             stars = significance_stars(p_value)
             cells = []
             for metric in metrics:
-                gain = relative_improvement(
-                    summary[model][metric][0],
-                    summary[best_baseline][metric][0],
-                    better(metric) is max,
-                )
+                mine, theirs = common_seed_means(rows, model, best_baseline, metric)
+                gain = relative_improvement(mine, theirs, better(metric) is max)
                 cells.append(f"{gain:+.2f}%" + (stars if metric == "ndcg@10" else ""))
             lines.append(f"| {model} | " + " | ".join(cells) + f" | {p_value:.3g} |")
     (spec.output / "table.md").write_text("\n".join(lines) + "\n")

@@ -258,3 +258,28 @@ def test_table_of_labelled_ctr_rows_bolds_by_metric_direction_and_names_no_candi
     assert candidates_note(same) == "all models ranked the same candidate lists per seed."
     mixed = [*same, {"seed": 1, "eval_candidates": "d2"}]
     assert candidates_note(mixed).startswith("candidate lists differ between rows of a seed")
+
+
+def test_partial_rows_are_named_and_improvement_uses_only_shared_seeds(workdir):
+    # a resumed benchmark: the baseline has finished seed 2 only, ours seeds 1 and 2
+    from recbole_ext.benchmark import write_tables
+
+    def row(model, seed, ndcg):
+        return {
+            "model": model,
+            "seed": seed,
+            "eval_candidates": f"d{seed}",
+            "test_result": {"ndcg@10": ndcg},
+            "train_seconds": 1.0,
+            "peak_memory_mib": 1.0,
+            "num_parameters": 1,
+            "test_per_user_ndcg@10": [ndcg, ndcg / 2, ndcg / 4],
+        }
+
+    rows = [row("ours", 1, 0.1), row("ours", 2, 0.3), row("base", 2, 0.2)]
+    spec = BenchmarkSpec(models=["base", "ours"], output=workdir, ours=["ours"], seeds=[1, 2])
+    write_tables(spec, rows)
+    table = (workdir / "table.md").read_text()
+    assert "Rows with fewer seeds (± 0 means one seed): base: seeds 2." in table
+    # on seed 2 only: 0.3 vs 0.2 = +50 %; the all-seed means (0.2 vs 0.2) would give +0 %
+    assert "| ours | +50.00%" in table
