@@ -394,6 +394,72 @@ def test_padding_never_reaches_valid_positions_for_any_sampled_architecture(tiny
             )
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 0])
+def test_chunked_inference_equals_one_pass_and_keeps_row_order(tiny_data, chunk):
+    """Length-sorted chunks, each cut to its longest sequence, give every row the φ of one
+    full-width pass, in the input order, for any architecture."""
+    _, (train_data, _, _) = tiny_data
+    model = _model(tiny_data, n_layers=3, arch_search=True, inference_chunk=chunk).eval()
+    assert model.inference_chunk == chunk
+    inter = train_data._dataset.inter_feat[torch.randperm(len(train_data._dataset))[:40]]
+    seqs, lengths = inter["item_id_list"], inter["item_length"]
+    assert len(set(lengths.tolist())) > 3  # mixed lengths: chunks are cut to different widths
+    rng = random.Random(1)
+    with torch.no_grad():
+        for _ in range(5):
+            arch = model.space.sample(rng)
+            torch.testing.assert_close(
+                model.encode_inference(seqs, lengths, arch),
+                model.encode(seqs, lengths, torch.zeros_like(lengths), arch),
+            )
+
+
+def test_inference_chunk_auto_and_bad_value(tiny_data):
+    assert _model(tiny_data).inference_chunk == 64  # auto on the CPU
+    with pytest.raises(ValueError, match="inference_chunk"):
+        _model(tiny_data, inference_chunk=-1)
+
+
+def test_prefix_cache_reuses_shared_layers_exactly_and_stays_bounded(tiny_data):
+    _, (train_data, _, _) = tiny_data
+    model = _model(tiny_data, n_layers=4, arch_search=True, inference_chunk=16).eval()
+    inter = train_data._dataset.inter_feat[torch.arange(40)]
+    seqs, lengths = inter["item_id_list"], inter["item_length"]
+    rng = random.Random(2)
+    first = model.space.sample(rng)
+    other = model.space.sample(rng)
+    while other[0] == first[0]:
+        other = model.space.sample(rng)
+    sharing_two = first[:2] + other[2:]  # the first two layers of `first`
+    caches = {}
+    with torch.no_grad():
+        for arch in (first, sharing_two, other):
+            expected = model.encode(seqs, lengths, torch.zeros_like(lengths), arch)
+            torch.testing.assert_close(
+                model.encode_inference(seqs, lengths, arch, caches), expected
+            )
+    n_chunks = math.ceil(40 / 16)
+    assert len(caches) == n_chunks
+    assert sum(c.hits for c in caches.values()) == n_chunks  # `sharing_two`, once per chunk
+    assert sum(c.misses for c in caches.values()) == 2 * n_chunks  # `first` and `other`
+    # an entry is only used for the input it was computed from
+    cache = caches[0]
+    x0 = torch.randn(3, 5, model.hidden_size)
+    assert cache.longest(first, x0) == ([x0], 0) and not cache._entries
+    # least recently used entries go once the distinct tensors exceed the budget
+    tensor = lambda: torch.randn_like(x0)  # noqa: E731
+    small = model_module.PrefixCache(max_bytes=2 * x0.numel() * 4)  # two layer outputs
+    a, b, c = tensor(), tensor(), tensor()
+    small.longest(first, x0)
+    small.put(first[:1], [x0, a])
+    small.put(other[:1], [x0, b])
+    assert len(small._entries) == 2
+    assert small.longest(first, x0)[1] == 1  # now the most recently used
+    small.put(first[:2], [x0, a, c])  # 3 distinct tensors: `other[:1]`, the least recent, goes
+    assert list(small._entries) == [first[:1], first[:2]]
+    assert small.nbytes() == 2 * x0.numel() * 4  # `a` is shared, counted once
+
+
 def test_a_training_step_lowers_the_loss_and_lambda_zero_is_s2i_only(tiny_data):
     _, (train_data, _, _) = tiny_data
     model = _model(tiny_data, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)

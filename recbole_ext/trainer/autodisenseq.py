@@ -49,6 +49,12 @@ def ndcg_at_k(scores: torch.Tensor, positive_u: torch.Tensor, positive_i: torch.
     return float(gain.mean())
 
 
+def weights_version(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Identity and in-place version counter of every parameter: changes whenever a parameter is
+    replaced or updated in place (optimiser steps, ``load_state_dict``, ``weight.mul_``)."""
+    return tuple((id(p), p._version) for p in model.parameters())
+
+
 class AutoDisenSeqTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -146,20 +152,18 @@ class AutoDisenSeqTrainer(Trainer):
             sorted_items = items.gather(1, order)
             repeat.scatter_(1, order[:, 1:], sorted_items[:, 1:] == sorted_items[:, :-1])
             repeat[:, 1:] |= items[:, 1:] == items[:, :1]  # a negative equal to the held-out item
-            chunk = self.config["eval_batch_size"]
+            # while the weights stay the same (the search), the candidates' embeddings and the
+            # layer outputs of architecture prefixes (per chunk of users) are computed once
+            memo = {"weights": None, "caches": {}, "h": None}
 
             @torch.no_grad()
             def fitness(arch):
                 model.eval()
-                phi = torch.cat(
-                    [
-                        model.encode(
-                            seqs[i : i + chunk], lens[i : i + chunk], 0 * lens[i : i + chunk], arch
-                        )
-                        for i in range(0, lens.numel(), chunk)
-                    ]
-                )  # (U, K, D)
-                h = model.item_embedding(items)  # (U, C, D), column 0 = held-out item
+                if memo["weights"] != weights_version(model):  # first call, or weights changed
+                    memo.update(weights=weights_version(model), caches={})
+                    memo["h"] = model.item_embedding(items)  # (U, C, D), column 0 = held-out
+                phi = model.encode_inference(seqs, lens, arch, memo["caches"])  # (U, K, D)
+                h = memo["h"]
                 scores = torch.einsum("ukd,ucd->ukc", phi, h).amax(1)  # (U, C)
                 scores = scores.masked_fill(repeat, float("-inf"))
                 users = torch.arange(scores.size(0), device=scores.device)

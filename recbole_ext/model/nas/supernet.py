@@ -16,6 +16,8 @@ mini-batch: only its modules get gradients.
 
 Built with ``archs=[a]`` the module holds only the parameters that ``a`` uses, under the same names,
 so a searched architecture inherits the supernet's weights with ``load_state_dict(strict=False)``.
+In the search, a :class:`PrefixCache` lets an architecture start from the stored outputs of the
+longest prefix of layers it shares with one already evaluated (inference only, exact).
 """
 
 from __future__ import annotations
@@ -150,35 +152,89 @@ class AttentionSupernet(nn.Module):
         out = apply_op(op, self.connections[connection_key(k, j, src, role, op)], x)  # O(S), Eq. 15
         return self.hidden_dropout(out) if role == "add" else out
 
-    def forward(self, x0: torch.Tensor, attn_mask: torch.Tensor, arch: Architecture):
+    def forward(
+        self,
+        x0: torch.Tensor,
+        attn_mask: torch.Tensor,
+        arch: Architecture,
+        cache: PrefixCache | None = None,
+    ):
         """Args:
             x0: (B, L, D) input layer.
             attn_mask: (L, L) or (B, L, L) additive mask (0 where query i may attend key j,
                 else -1e9; :func:`recbole_ext.model.layers.causal_mask`).
             arch: the architecture to run.
+            cache: outputs of architecture prefixes already run on this same ``x0`` (inference
+                only, see :class:`PrefixCache`); the longest cached prefix of ``arch`` is reused
+                and the new prefixes are stored.
 
         Returns:
             (B, L, D) output of hidden layer W.
         """
-        outputs = [x0]
-        for k, layer in enumerate(arch, start=1):
-            prev = outputs[k - 1]
-            if isinstance(layer, AdditionLayer):
-                h = self._connect(k, k - 1, source_type(arch, k - 1), "add", layer.input_op, prev)
-                if layer.extra_op != "zero":
-                    j = layer.extra_source
-                    h = h + self._connect(
-                        k, j, source_type(arch, j), "add", layer.extra_op, outputs[j]
-                    )
-                out = self.norms[f"l{k}_addition"](h)
-            else:
-                j, src_kv = layer.kv_source, source_type(arch, layer.kv_source)
-                q = self._connect(k, k - 1, source_type(arch, k - 1), "q", layer.query_op, prev)
-                key = self._connect(k, j, src_kv, "k", layer.key_op, outputs[j])
-                value = self._connect(k, j, src_kv, "v", layer.value_op, outputs[j])
-                scores = q @ key.transpose(1, 2) / math.sqrt(self.hidden_size)  # (B, L, L), Eq. 17
-                probs = self.attn_dropout(torch.softmax(scores + attn_mask, dim=-1))
-                attended = self.out_proj[f"l{k}"](probs @ value)  # (B, L, D), Eq. 18
-                out = self.norms[f"l{k}_attention"](prev + self.hidden_dropout(attended))
-            outputs.append(out)
+        outputs, done = [x0], 0
+        if cache is not None:
+            outputs, done = cache.longest(arch, x0)
+        for k in range(done + 1, len(arch) + 1):
+            outputs.append(self._layer(k, arch, outputs, attn_mask))
+            if cache is not None and k < len(arch):  # a full architecture is evaluated once
+                cache.put(arch[:k], outputs)
         return outputs[-1]
+
+    def _layer(self, k: int, arch: Architecture, outputs: list[torch.Tensor], attn_mask):
+        """Output of hidden layer k of ``arch`` from the outputs of layers 0..k-1."""
+        layer, prev = arch[k - 1], outputs[k - 1]
+        if isinstance(layer, AdditionLayer):
+            h = self._connect(k, k - 1, source_type(arch, k - 1), "add", layer.input_op, prev)
+            if layer.extra_op != "zero":
+                j = layer.extra_source
+                h = h + self._connect(k, j, source_type(arch, j), "add", layer.extra_op, outputs[j])
+            return self.norms[f"l{k}_addition"](h)
+        j, src_kv = layer.kv_source, source_type(arch, layer.kv_source)
+        q = self._connect(k, k - 1, source_type(arch, k - 1), "q", layer.query_op, prev)
+        key = self._connect(k, j, src_kv, "k", layer.key_op, outputs[j])
+        value = self._connect(k, j, src_kv, "v", layer.value_op, outputs[j])
+        scores = q @ key.transpose(1, 2) / math.sqrt(self.hidden_size)  # (B, L, L), Eq. 17
+        probs = self.attn_dropout(torch.softmax(scores + attn_mask, dim=-1))
+        attended = self.out_proj[f"l{k}"](probs @ value)  # (B, L, D), Eq. 18
+        return self.norms[f"l{k}_attention"](prev + self.hidden_dropout(attended))
+
+
+class PrefixCache:
+    """Hidden-layer outputs of architecture prefixes, for evaluating many architectures on the
+    same inputs (the evolutionary search). Layer k's output depends only on the genes of layers
+    1..k and the input, so an architecture whose first k layers equal an evaluated one's starts
+    at layer k + 1 (children of a mutation keep a parent's first layer with probability 1 - p).
+
+    Valid only while the weights do not change and without dropout (``model.eval()``), and only
+    for one input ``x0``: an entry remembers the input it was computed from and is ignored for
+    any other. Least recently used entries are dropped beyond ``max_bytes`` of distinct tensors.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self._entries: dict[Architecture, list[torch.Tensor]] = {}  # insertion order = LRU order
+        self._x0: torch.Tensor | None = None
+        self.hits = self.misses = 0
+
+    def longest(self, arch: Architecture, x0: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+        """``(outputs of layers 0..k, k)`` for the longest cached prefix of ``arch`` (k = 0: none)."""
+        if self._x0 is None or self._x0.shape != x0.shape or not torch.equal(self._x0, x0):
+            self._entries.clear()  # another input (or the first call)
+            self._x0 = x0
+        for k in range(len(arch) - 1, 0, -1):
+            hit = self._entries.pop(arch[:k], None)
+            if hit is not None:
+                self._entries[arch[:k]] = hit  # most recently used
+                self.hits += 1
+                return list(hit), k
+        self.misses += 1
+        return [x0], 0
+
+    def put(self, prefix: Architecture, outputs: list[torch.Tensor]) -> None:
+        self._entries[prefix] = list(outputs[: len(prefix) + 1])
+        while len(self._entries) > 1 and self.nbytes() > self.max_bytes:
+            del self._entries[next(iter(self._entries))]
+
+    def nbytes(self) -> int:
+        tensors = {id(t): t for outs in self._entries.values() for t in outs[1:]}
+        return sum(t.numel() * t.element_size() for t in tensors.values())

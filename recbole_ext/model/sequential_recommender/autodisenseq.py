@@ -47,7 +47,9 @@ from recbole_ext.model.layers import (
     causal_mask,
 )
 from recbole_ext.model.nas.space import Architecture, SearchSpace, load_arch
-from recbole_ext.model.nas.supernet import AttentionSupernet
+from recbole_ext.model.nas.supernet import AttentionSupernet, PrefixCache
+
+PREFIX_CACHE_BYTES = 512 << 20  # layer outputs the search keeps for shared prefixes (all chunks)
 
 
 # --- losses (pure functions) ------------------------------------------------------------------
@@ -114,6 +116,7 @@ class AutoDisenSeq(SequentialRecommender):
         self.search = config["arch_search"]  # (bool) supernet + evolutionary search before training
         arch_file = config["arch"]  # (str|None) fixed architecture JSON; skips the search
         ops = config["ops"]  # (list[str]) operation pool, "zero" first
+        chunk = config["inference_chunk"]  # (int|None) rows per encoder pass when scoring
         seed = config["seed"]  # (int) seeds the architecture sampler
 
         if not 0.0 <= self.lambda_s2s <= 1.0:
@@ -131,6 +134,11 @@ class AutoDisenSeq(SequentialRecommender):
                 raise ValueError(f"{arch_file} uses operations {sorted(missing)} not in --ops")
             self.space.validate(architecture)
             self.search = False
+        if chunk is not None and chunk < 0:
+            raise ValueError(f"inference_chunk={chunk}: a number of rows ≥ 1, 0 or ~ (auto)")
+        if chunk is None:  # auto: cache-sized passes on CPU, the whole batch on a GPU
+            chunk = 64 if torch.device(config["device"]).type == "cpu" else 0
+        self.inference_chunk = chunk
         self.sample_architectures = False  # set by the trainer during supernet training
         self._arch_rng = random.Random(seed)
 
@@ -217,17 +225,44 @@ class AutoDisenSeq(SequentialRecommender):
             )
         return self.architecture
 
-    def encode(self, item_seq, lengths, beta_set, architecture=None) -> torch.Tensor:
-        """(B, L) left-aligned item ids → φ (B, K, D); ``beta_set`` (B,) picks β per row."""
+    def encode(self, item_seq, lengths, beta_set, architecture=None, cache=None) -> torch.Tensor:
+        """(B, L) left-aligned item ids → φ (B, K, D); ``beta_set`` (B,) picks β per row.
+        ``cache``: a :class:`~recbole_ext.model.nas.supernet.PrefixCache` (inference only)."""
         architecture = architecture or self._batch_architecture()
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
         x = self.input_dropout(self.input_norm(x))  # (B, L, D)
         mask = causal_mask(item_seq.size(1), item_seq.device)  # (L, L): exact for left alignment
-        z = self.encoder(x, mask, architecture)  # (B, L, D)
+        z = self.encoder(x, mask, architecture, cache)  # (B, L, D)
         if not self.disentangle:
             return self.gather_indexes(z, (lengths - 1).clamp(min=0)).unsqueeze(1)  # (B, 1, D)
         return self.disentanglement(z, lengths, beta_set)
+
+    def encode_inference(self, item_seq, lengths, architecture=None, caches=None) -> torch.Tensor:
+        """φ (B, K, D) of input sequences for scoring, as :meth:`encode` with β set 0.
+
+        The rows are sorted by length and encoded ``inference_chunk`` at a time, each chunk cut to
+        its longest sequence. Exact: the encoder is causal and the sequences left-aligned, so the
+        positions past a chunk's longest sequence never reach the kept ones. On a CPU, chunks of
+        64 rows keep a layer's working set in cache (``benchmarks/autodisenseq_speed.py``).
+        ``caches``: a dict, filled with one :class:`PrefixCache` per chunk (the search reuses it
+        across architectures; valid only in eval mode with unchanged weights).
+        """
+        chunk = self.inference_chunk or max(1, item_seq.size(0))
+        order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
+        n_chunks = math.ceil(order.numel() / chunk)
+        phi = []
+        for start in range(0, order.numel(), chunk):
+            rows = order[start : start + chunk]
+            width = max(1, int(lengths[rows[0]]))  # the chunk's longest sequence
+            if caches is not None and start not in caches:
+                caches[start] = PrefixCache(PREFIX_CACHE_BYTES // n_chunks)
+            cache = None if caches is None else caches[start]
+            beta = torch.zeros_like(rows)
+            phi.append(
+                self.encode(item_seq[rows, :width], lengths[rows], beta, architecture, cache)
+            )
+        return torch.cat(phi)[torch.argsort(order)]  # back to the input order
 
     def forward(self, item_seq, item_seq_len):
         """φ (B, K, D) of input sequences."""
@@ -275,11 +310,11 @@ class AutoDisenSeq(SequentialRecommender):
         new = torch.ones(item_seq.size(0), dtype=torch.bool, device=item_seq.device)
         new[1:] = (item_seq[1:] != item_seq[:-1]).any(-1) | (lengths[1:] != lengths[:-1])
         group = new.long().cumsum(0) - 1  # (B,) row → unique sequence
-        phi = self.forward(item_seq[new], lengths[new])[group]  # (B, K, D)
+        phi = self.encode_inference(item_seq[new], lengths[new])[group]  # (B, K, D)
         item = self.item_embedding(interaction[self.ITEM_ID])  # (B, D)
         return torch.einsum("bkd,bd->bk", phi, item).amax(-1) / math.sqrt(self.hidden_size)
 
     def full_sort_predict(self, interaction):
-        phi = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])  # (B,K,D)
+        phi = self.encode_inference(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         scores = torch.einsum("bkd,nd->bkn", phi, self.item_embedding.weight)  # (B, K, N)
         return scores.amax(1) / math.sqrt(self.hidden_size)  # (B, N)
