@@ -120,16 +120,20 @@ class BenchmarkSpec:
         return cls(**values)
 
 
-def expand_seeds(seeds, first: int = 2020) -> list[int]:
-    """``3`` → ``[2020, 2021, 2022]``; a list is kept.
+MAX_SEED_COUNT = 100  # a single number above this is a seed, not a count
 
-    >>> expand_seeds(2), expand_seeds([7, 9]), expand_seeds("1,4")
-    ([2020, 2021], [7, 9], [1, 4])
+
+def expand_seeds(seeds, first: int = 2020) -> list[int]:
+    """``3`` → ``[2020, 2021, 2022]`` (a count); ``2021`` → ``[2021]`` (a single number above
+    :data:`MAX_SEED_COUNT` is one seed); a list, or ``"1,4"``, is kept.
+
+    >>> expand_seeds(2), expand_seeds([7, 9]), expand_seeds("1,4"), expand_seeds("2021")
+    ([2020, 2021], [7, 9], [1, 4], [2021])
     """
     if isinstance(seeds, str):
-        seeds = [int(s) for s in seeds.split(",")] if "," in seeds else int(seeds)
+        seeds = [int(s) for s in seeds.split(",") if s.strip()] if "," in seeds else int(seeds)
     if isinstance(seeds, int):
-        return [first + i for i in range(seeds)]
+        return [seeds] if seeds > MAX_SEED_COUNT else [first + i for i in range(seeds)]
     return [int(s) for s in seeds]
 
 

@@ -10,7 +10,7 @@ import yaml
 from recbole.data import data_preparation
 
 import run_recbole_ext
-from recbole_ext.benchmark import BenchmarkSpec
+from recbole_ext.benchmark import BenchmarkSpec, expand_seeds
 from recbole_ext.config import Config
 from recbole_ext.data.candidates import fix_candidates
 from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning
@@ -40,6 +40,15 @@ def test_fixed_candidates_do_not_depend_on_the_rng_state(workdir):
     assert digest_a == digest_b
     assert torch.equal(items_a, items_b)
     assert len(items_a) == 40 * 101  # each user: its target + 100 popularity negatives
+
+
+@pytest.mark.parametrize(
+    "value,seeds", [("3", [2020, 2021, 2022]), ("2021", [2021]), ("2021,2022", [2021, 2022])]
+)
+def test_seeds_option_is_a_count_or_seeds(value, seeds):
+    """``--seeds=2021`` runs seed 2021 (it once meant 2021 seeds from 2020 on)."""
+    assert expand_seeds(value) == seeds
+    assert BenchmarkSpec(models=["Pop"], seeds=expand_seeds(value)).seeds == seeds
 
 
 def test_benchmark_two_models_two_seeds_same_candidates_and_resume(workdir):

@@ -5,13 +5,14 @@ import doctest
 import numpy as np
 from recbole.evaluator.metrics import NDCG
 
+import recbole_ext.benchmark
 import recbole_ext.config
 import recbole_ext.metrics
 from recbole_ext.metrics import paired_t_test, per_user_ndcg
 
 
 def test_doctests_pass():
-    for module in (recbole_ext.metrics, recbole_ext.config):
+    for module in (recbole_ext.metrics, recbole_ext.config, recbole_ext.benchmark):
         failed, attempted = doctest.testmod(module)
         assert attempted > 0 and failed == 0, module.__name__
 
