@@ -256,12 +256,23 @@ def summarise(rows: list[dict], models: list[str]) -> dict:
     return summary
 
 
+def shared_seeds(rows: list[dict], model: str, other: str) -> list[int]:
+    """Seeds that have a row of both models, in order.
+
+    >>> shared_seeds([{"model": "a", "seed": 2}, {"model": "a", "seed": 1},
+    ...               {"model": "b", "seed": 2}], "a", "b")
+    [2]
+    """
+    seeds = {m: {r["seed"] for r in rows if r["model"] == m} for m in (model, other)}
+    return sorted(seeds[model] & seeds[other])
+
+
 def paired_users(rows: list[dict], model: str, other: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-user NDCG@10 of two models, concatenated over the seeds both have."""
     by_seed = {(r["model"], r["seed"]): r.get(PER_USER_KEY) for r in rows}
     ours, theirs = [], []
-    for seed in sorted({r["seed"] for r in rows}):
-        a, b = by_seed.get((model, seed)), by_seed.get((other, seed))
+    for seed in shared_seeds(rows, model, other):
+        a, b = by_seed[(model, seed)], by_seed[(other, seed)]
         if a is not None and b is not None:
             ours.extend(a)
             theirs.extend(b)
@@ -277,10 +288,10 @@ def common_seed_means(rows: list[dict], model: str, other: str, metric: str) -> 
     >>> common_seed_means(rows, "a", "b", "m")
     (3.0, 2.0)
     """
-    values = {(r["model"], r["seed"]): r["test_result"][metric] for r in rows}
-    seeds = {s for m, s in values if m == model} & {s for m, s in values if m == other}
+    seeds = shared_seeds(rows, model, other)
     if not seeds:
         return math.nan, math.nan
+    values = {(r["model"], r["seed"]): r["test_result"][metric] for r in rows}
     return (
         float(np.mean([values[(model, s)] for s in seeds])),
         float(np.mean([values[(other, s)] for s in seeds])),

@@ -159,12 +159,12 @@ class AutoDisenSeqTrainer(Trainer):
             @torch.no_grad()
             def fitness(arch):
                 model.eval()
-                if memo["weights"] != weights_version(model):  # first call, or weights changed
-                    memo.update(weights=weights_version(model), caches={})
-                    memo["h"] = model.item_embedding(items)  # (U, C, D), column 0 = held-out
+                version = weights_version(model)
+                if memo["weights"] != version:  # first call, or the weights changed
+                    h = model.item_embedding(items)  # (U, C, D), column 0 = held-out item
+                    memo.update(weights=version, caches={}, h=h)
                 phi = model.encode_inference(seqs, lens, arch, memo["caches"])  # (U, K, D)
-                h = memo["h"]
-                scores = torch.einsum("ukd,ucd->ukc", phi, h).amax(1)  # (U, C)
+                scores = torch.einsum("ukd,ucd->ukc", phi, memo["h"]).amax(1)  # (U, C)
                 scores = scores.masked_fill(repeat, float("-inf"))
                 users = torch.arange(scores.size(0), device=scores.device)
                 return ndcg_at_k(scores, users, torch.zeros_like(users), 10)

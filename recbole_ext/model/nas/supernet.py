@@ -210,7 +210,7 @@ class PrefixCache:
     any other. Least recently used entries are dropped beyond ``max_bytes`` of distinct tensors.
     """
 
-    def __init__(self, max_bytes: int = 512 * 2**20):
+    def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._entries: dict[Architecture, list[torch.Tensor]] = {}  # insertion order = LRU order
         self._x0: torch.Tensor | None = None
