@@ -18,57 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
+from recbole_ext.compat import apply_compatibility
 from recbole_ext.utils import get_model
 
 PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
 RECBOLE_EXAMPLE_DIR = Path(__import__("recbole").__file__).resolve().parent / "dataset_example"
-
-# numpy aliases removed in numpy 1.24 / 2.0 that RecBole 1.2.1 and its dependencies still use.
-_NUMPY_ALIASES = {
-    "bool": "bool_",
-    "int": "int_",
-    "float": "float64",
-    "complex": "complex128",
-    "object": "object_",
-    "str": "str_",
-    "long": "int_",
-    "unicode": "str_",
-    "bool8": "bool_",
-    "float_": "float64",
-    "complex_": "complex128",
-    "unicode_": "str_",
-}
-
-
-def apply_numpy_compatibility() -> None:
-    """Restore removed numpy aliases without touching the ones that still exist.
-
-    RecBole's ``Config.compatibility_settings`` assigns ``np.float = np.float_`` etc.
-    unconditionally, which raises ``AttributeError`` on numpy 2 (``np.float_`` is gone) and shadows
-    builtins-like names that numpy 1.x still warns about. Here each alias is only added when
-    missing and always points to an attribute that exists on numpy 1.24+ and 2.x.
-    """
-    for alias, target in _NUMPY_ALIASES.items():
-        if alias not in np.__dict__:
-            setattr(np, alias, getattr(np, target))
-
-
-def apply_scipy_compatibility() -> None:
-    """Give ``scipy.sparse.dok_matrix`` back the ``_update`` method that RecBole's graph models
-    (LightGCN, NGCF, NCL, SpectralCF, GCMC) call to fill adjacency matrices.
-
-    scipy 1.12 moved the dok storage into ``self._dict`` and dropped ``_update``; the method was a
-    plain ``dict.update`` without index checks, which is what this restores.
-    """
-    import scipy.sparse as sp
-
-    for cls in (sp.dok_matrix, getattr(sp, "dok_array", None)):
-        if cls is not None and not hasattr(cls, "_update") and hasattr(cls((1, 1)), "_dict"):
-            cls._update = lambda self, data: self._dict.update(data)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -100,8 +57,7 @@ class Config(RecBoleConfig):
 
     # --- RecBole hooks -------------------------------------------------------------------------
     def compatibility_settings(self):
-        apply_numpy_compatibility()
-        apply_scipy_compatibility()
+        apply_compatibility()
 
     def _load_cmd_line(self):
         cmd_config_dict = {}

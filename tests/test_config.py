@@ -5,12 +5,11 @@ import sys
 import numpy as np
 import pytest
 
+from recbole_ext.compat import apply_numpy_compatibility, apply_scipy_compatibility
 from recbole_ext.config import (
     RECBOLE_EXAMPLE_DIR,
     Config,
     DatasetNotFoundError,
-    apply_numpy_compatibility,
-    apply_scipy_compatibility,
     resolve_data_path,
 )
 from tests.conftest import TINY_DATA, TINY_YAML

@@ -1,13 +1,17 @@
 """Against the REAL local llama.cpp server with SmolLM2-135M-Instruct (started once per module):
 chat, Yes/No probability agreeing with the transformers-loaded GGUF, structured permutation,
-and zero requests on a cached rerun."""
+zero requests on a cached rerun; a server that dies (killed mid-request, or crashing on its first
+prompt) is reported at once with its exit signal."""
 
 import dataclasses
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -15,7 +19,7 @@ import pytest
 from recbole_ext.llm import LLMClient, LLMConfig, ResponseStore
 from recbole_ext.llm.local_lm import next_token_top_logprobs
 from recbole_ext.llm.parsing import extract_json, is_permutation, yes_no_probability
-from recbole_ext.llm.serve import LocalLLMServer, free_port, llm_session
+from recbole_ext.llm.serve import LLMServerExitedError, LocalLLMServer, free_port, llm_session
 from tests.llm_fixtures import require_gguf, smollm2
 
 YES_NO = [
@@ -116,3 +120,60 @@ def test_server_start_failures_are_clear(tmp_path):
     not_gguf.write_bytes(b"not a gguf file")
     with pytest.raises(RuntimeError, match="exited with code .* before it was ready"):
         LocalLLMServer(str(not_gguf), startup_timeout=60).start()
+
+
+def test_server_killed_mid_request_names_the_signal():
+    """A crash while answering (the AMX SIGSEGV of a native llama.cpp build) is reported at once,
+    with the signal and the portable-build hint, not after every retry as a 'Connection error'."""
+    config = LLMConfig(base_url=None, store_path=None, max_retries=4, backoff_base=5.0)
+    with LocalLLMServer.from_config(config, logprobs=False) as server:
+        config = dataclasses.replace(config, base_url=server.base_url)
+        long_reply = [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}]
+        # the reply would take seconds (up to 2000 tokens); kill the server once it is answering
+        killer = threading.Timer(1.0, os.kill, (server.process.pid, signal.SIGSEGV))
+        with LLMClient(config, liveness=server.raise_if_exited, show_progress=False) as client:
+            killer.start()
+            start = time.monotonic()
+            with pytest.raises(LLMServerExitedError) as raised:
+                client.chat(long_reply, max_tokens=2000, fallback="a fallback never hides this")
+            elapsed = time.monotonic() - start
+            killer.join()
+            with pytest.raises(LLMServerExitedError):  # every later request: the same cause
+                client.chat(YES_NO, max_tokens=4)
+    message = str(raised.value)
+    assert "llama_cpp.server exited with signal 11 (SIGSEGV) while answering" in message
+    assert "log tail" in message and "README 'local LLM'" in message
+    assert elapsed < 10  # no retries with 5, 10, 20 s back-off before saying so
+    assert client.usage.retries == 0
+
+
+FAKE_CRASHING_SERVER = """
+import http.server, json, os, signal, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # /v1/models answers, as a server whose model loaded
+        body = json.dumps({"data": [{"id": "m"}]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def do_POST(self):  # the first prompt evaluation crashes the process
+        print("evaluating prompt", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+class CrashOnFirstPromptServer(LocalLLMServer):
+    """Fault injection: lists its model, then dies on the first chat request (as llama.cpp's
+    native AMX build did); the real server cannot be made to do that on demand."""
+
+    def command(self):
+        return [sys.executable, "-c", FAKE_CRASHING_SERVER, str(self.port)]
+
+
+def test_readiness_check_completes_a_chat_request(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"unused by the fake server")
+    with pytest.raises(LLMServerExitedError) as raised:
+        CrashOnFirstPromptServer(str(gguf), startup_timeout=30).start()
+    message = str(raised.value)
+    assert "exited with signal 11 (SIGSEGV) before it was ready" in message
+    assert "evaluating prompt" in message  # the log tail

@@ -6,6 +6,7 @@ import numpy as np
 from recbole.evaluator.metrics import NDCG
 
 import recbole_ext.benchmark
+import recbole_ext.compat
 import recbole_ext.config
 import recbole_ext.metrics
 from recbole_ext.metrics import paired_t_test, per_user_ndcg
@@ -18,7 +19,7 @@ def test_doctests_pass():
 
 
 def test_per_user_ndcg_equals_recbole_ndcg():
-    recbole_ext.config.apply_numpy_compatibility()  # RecBole's NDCG uses np.float
+    recbole_ext.compat.apply_numpy_compatibility()  # RecBole's NDCG uses np.float
     rng = np.random.default_rng(0)
     hits = rng.random((50, 10)) < 0.15
     pos_len = rng.integers(1, 4, size=50)

@@ -145,6 +145,10 @@ class LLMClient:
             :func:`recbole_ext.llm.serve.llm_session` for the local-server default).
         store: response store; ``None`` disables caching.
         show_progress: show tqdm bars in batch calls.
+        liveness: called after a connection error, before any retry; raises when the endpoint
+            is gone for good (``LocalLLMServer.raise_if_exited``: the local server process
+            died), so the caller learns why at once instead of after every retry. That error is
+            never replaced by a ``fallback``.
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class LLMClient:
         store: ResponseStore | None = None,
         *,
         show_progress: bool = True,
+        liveness: Callable[[], None] | None = None,
     ) -> None:
         if not config.base_url:
             raise ValueError(
@@ -162,6 +167,7 @@ class LLMClient:
         self.config = config
         self.store = store
         self.show_progress = show_progress
+        self.liveness = liveness
         self.usage = LLMUsage()
         # Our own retry loop counts and backs off; the SDK's is switched off.
         self._sync = openai.OpenAI(
@@ -261,6 +267,12 @@ class LLMClient:
                 completion_tokens=completion_tokens,
             )
 
+    def _check_endpoint(self, error: BaseException) -> None:
+        """After a connection error (the server closed the socket, or never answered), let the
+        endpoint's owner raise if it is gone for good."""
+        if self.liveness is not None and isinstance(error, openai.APIConnectionError):
+            self.liveness()
+
     def _give_up(self, error: BaseException, attempts: int, fallback: Any) -> Any:
         self.usage.failures += 1
         if fallback is not RAISE:
@@ -297,6 +309,7 @@ class LLMClient:
                 response = _response_dict(completion)
                 value = parse(response)
             except Exception as caught:  # noqa: BLE001 - classified just below
+                self._check_endpoint(caught)
                 if not _is_retryable(caught):
                     return self._give_up(caught, attempt + 1, RAISE)
                 error = caught
@@ -334,6 +347,7 @@ class LLMClient:
                 response = _response_dict(completion)
                 value = parse(response)
             except Exception as caught:  # noqa: BLE001 - classified just below
+                self._check_endpoint(caught)
                 if not _is_retryable(caught):
                     return self._give_up(caught, attempt + 1, RAISE)
                 error = caught

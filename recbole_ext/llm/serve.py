@@ -1,9 +1,12 @@
 """The offline default endpoint: llama-cpp-python's OpenAI-compatible server on 127.0.0.1.
 
 ``python -m recbole_ext.llm.serve [--gguf PATH] [--port N]`` runs it in the foreground;
-:class:`LocalLLMServer` is the context manager code and tests use (free port, wait until
-``/v1/models`` answers, stop cleanly); :func:`llm_session` yields an :class:`LLMClient` on the
-configured endpoint, starting the local server when ``llm_base_url`` is unset.
+:class:`LocalLLMServer` is the context manager code and tests use (free port, ready once one short
+chat request completes, stop cleanly); :func:`llm_session` yields an :class:`LLMClient` on the
+configured endpoint, starting the local server when ``llm_base_url`` is unset. When the server
+process dies (a crash of the native library, the OOM killer), the client's next failed request
+raises :class:`LLMServerExitedError` at once, naming the exit signal and the server's log tail,
+instead of retrying a dead port.
 
 The server answers one request at a time. Beside torch training on few cores give it one thread
 (``llm_server_n_threads``) and call ``torch.set_num_threads(1)``: measured on 2 cores, torch
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -28,11 +32,39 @@ import urllib.request
 from collections.abc import Iterator
 
 from .assets import default_gguf_path
-from .client import LLMClient
+from .client import LLMClient, LLMRequestError
 from .config import LLMConfig
 from .store import ResponseStore
 
 logger = logging.getLogger(__name__)
+
+
+PORTABLE_BUILD_HINT = (
+    "see README 'local LLM' for the portable build "
+    '(CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir '
+    "llama-cpp-python)"
+)
+READY_PROMPT = [{"role": "user", "content": "Reply with the word OK."}]  # several tokens: a real
+# prompt evaluation (llama.cpp's native AMX build only crashed on prompts longer than one token)
+
+
+class LLMServerExitedError(LLMRequestError):
+    """The local ``llama_cpp.server`` process is gone; retrying cannot help."""
+
+
+def describe_exit(returncode: int) -> str:
+    """``"signal 11 (SIGSEGV)"`` for a process killed by a signal, else ``"code N"``.
+
+    >>> describe_exit(-11), describe_exit(1)
+    ('signal 11 (SIGSEGV)', 'code 1')
+    """
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"signal {-returncode} ({name})"
+    return f"code {returncode}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,7 +81,7 @@ class LocalLLMServer:
         model_alias: the name requests use (``llm_model``).
         n_ctx, n_threads: llama.cpp context length and CPU threads.
         port: fixed port, or ``None`` for a free one.
-        startup_timeout: seconds to wait for ``/v1/models``.
+        startup_timeout: seconds to wait until one short chat request completes.
         logprobs: serve log-probabilities (the Yes/No scorer needs them). llama-cpp-python then
             computes vocabulary logits for every prompt token (``logits_all``), which slows
             prompt evaluation (``benchmarks/llm_prompt_eval.py`` times both); callers that only
@@ -80,6 +112,7 @@ class LocalLLMServer:
         self.logprobs = logprobs
         self.process: subprocess.Popen | None = None
         self._log = None
+        self._last_tail = ""
 
     @classmethod
     def from_config(cls, config: LLMConfig, *, logprobs: bool = True) -> LocalLLMServer:
@@ -114,12 +147,18 @@ class LocalLLMServer:
 
     def log_tail(self, chars: int = 3000) -> str:
         if self._log is None:
-            return ""
+            return self._last_tail[-chars:]
         self._log.flush()
         with open(self._log.name, encoding="utf-8", errors="replace") as handle:
             return handle.read()[-chars:]
 
     def start(self) -> LocalLLMServer:
+        """Start the process and return once it has answered one short chat request.
+
+        Raises:
+            LLMServerExitedError: the process exited first (its exit code or signal and log tail).
+            TimeoutError: no answer within ``startup_timeout`` seconds.
+        """
         if self.port is None:
             self.port = free_port(self.host)
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
@@ -135,28 +174,54 @@ class LocalLLMServer:
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_tail()
-                self.stop()
-                raise RuntimeError(
-                    f"llama_cpp.server exited with code {self.process.returncode} before it "
-                    f"was ready (is llama-cpp-python[server] installed?). Log tail:\n{tail}"
-                )
+            self._raise_if_exited("before it was ready (is llama-cpp-python[server] installed?)")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as reply:
-                    if reply.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if self._answers_chat(timeout=max(1.0, deadline - time.monotonic())):
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.2)
         tail = self.log_tail()
         self.stop()
         raise TimeoutError(
-            f"llama_cpp.server did not answer on {self.base_url} within {self.startup_timeout}s; "
-            f"raise llm_server_startup_timeout. Log tail:\n{tail}"
+            f"llama_cpp.server did not answer a chat request on {self.base_url} within "
+            f"{self.startup_timeout}s; raise llm_server_startup_timeout. Log tail:\n{tail}"
         )
 
+    def _answers_chat(self, timeout: float) -> bool:
+        """One ``max_tokens=1`` chat completion: the model is loaded and can evaluate a prompt."""
+        body = json.dumps({"model": self.model_alias, "messages": READY_PROMPT, "max_tokens": 1})
+        request = urllib.request.Request(
+            f"{self.base_url}/chat/completions",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return reply.status == 200 and bool(json.load(reply).get("choices"))
+
+    def _raise_if_exited(self, when: str) -> None:
+        if self.process is None or self.process.poll() is None:
+            return
+        code = self.process.returncode
+        tail = self.log_tail()
+        self.stop()
+        raise LLMServerExitedError(
+            f"llama_cpp.server exited with {describe_exit(code)} {when}; log tail:\n{tail}\n"
+            f"{PORTABLE_BUILD_HINT}"
+        )
+
+    def raise_if_exited(self, grace: float = 1.0) -> None:
+        """Raise :class:`LLMServerExitedError` if the server process has exited (or does within
+        ``grace`` seconds: a dying process closes its sockets before its exit status is ready).
+        The client calls this after a connection error (``LLMClient(..., liveness=...)``)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace)
+        self._raise_if_exited("while answering")
+
     def stop(self) -> None:
+        if self._log is not None:  # keep the tail for an error raised after stop()
+            self._last_tail = self.log_tail()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -185,14 +250,18 @@ def llm_session(
     (``logprobs=False``: a faster local server that cannot score Yes/No)."""
     logger.info("LLM settings: %s", config.to_dict())  # holds the key's variable, not the key
     with contextlib.ExitStack() as stack:
+        liveness = None
         if config.base_url is None:
             server = stack.enter_context(LocalLLMServer.from_config(config, logprobs=logprobs))
             config = dataclasses.replace(config, base_url=server.base_url)
+            liveness = server.raise_if_exited
             logger.info("started llama_cpp.server with %s at %s", server.gguf_path, server.base_url)
         store = None
         if config.store_path is not None:
             store = stack.enter_context(ResponseStore(config.store_path))
-        client = stack.enter_context(LLMClient(config, store, show_progress=show_progress))
+        client = stack.enter_context(
+            LLMClient(config, store, show_progress=show_progress, liveness=liveness)
+        )
         yield client
 
 
