@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_ext.compat import apply_compatibility
+from recbole_ext.data.atomic_files import interaction_files, read_header
 from recbole_ext.utils import get_model
 
 PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
@@ -122,8 +124,94 @@ class Config(RecBoleConfig):
     def _set_default_parameters(self):
         user_data_path = self.final_config_dict["data_path"]
         super()._set_default_parameters()
-        self.final_config_dict["data_path"] = resolve_data_path(self.dataset, user_data_path)
+        self.final_config_dict["data_path"] = resolve_data_path(
+            self.dataset, user_data_path, self.final_config_dict["benchmark_filename"]
+        )
+        self._check_interaction_columns()
         self._check_context_label()
+
+    def _load_col_chosen(self) -> bool:
+        """Whether ``load_col`` was chosen for this dataset (by the user or a dataset yaml, ours or
+        RecBole's) rather than left at RecBole's generic ``{inter: [user_id, item_id]}``."""
+        if "load_col" in self.external_config_dict:
+            return True
+        recbole_yaml = Path(RECBOLE_EXAMPLE_DIR).parent / "properties" / "dataset"
+        for file in (PROPERTIES_DIR / "dataset", recbole_yaml):
+            path = file / f"{self.dataset}.yaml"
+            if path.is_file() and "load_col" in (yaml.safe_load(path.read_text()) or {}):
+                return True
+        return False
+
+    def _check_interaction_columns(self):
+        """Columns of the ``.inter`` file(s) against what the model and the split need.
+
+        - ``load_col`` left at RecBole's generic default (which drops every column but user and
+          item): the interaction columns the header declares are loaded (timestamp, rating,
+          label...), instead of silently ordering by file row or failing with
+          "[timestamp] is not exist".
+        - a time-ordered split (``eval_args.order: TO``) or a sequential model building its
+          histories needs ``TIME_FIELD`` loaded;
+        - a sequential model on pre-split files (``benchmark_filename``) needs each history as an
+          ``item_id_list`` column: RecBole builds histories only from one ``.inter`` file.
+
+        Raises:
+            ValueError: naming the file, the missing column and the fix.
+        """
+        final = self.final_config_dict
+        parts = final["benchmark_filename"]
+        files = interaction_files(Path(final["data_path"]), self.dataset, parts)
+        separator = final["field_separator"] or "\t"
+        declared = {}
+        for file in files:
+            declared.update(read_header(file, separator))
+        load_col = final["load_col"]
+        if isinstance(load_col, dict) and not self._load_col_chosen():
+            load_col = {**load_col, "inter": list(dict.fromkeys([*load_col["inter"], *declared]))}
+            final["load_col"] = load_col
+        loaded = set(declared) if load_col is None else set((load_col or {}).get("inter", []))
+        sequential = final["MODEL_TYPE"] == ModelType.SEQUENTIAL
+        where = files[0] if len(files) == 1 else f"{files[0].parent}/{self.dataset}.*.inter"
+
+        time_field = final["TIME_FIELD"]
+        order = (final["eval_args"] or {}).get("order")
+        if not parts and (order == "TO" or sequential):
+            why = (
+                f"{self.model} builds each user's history in time order"
+                if sequential
+                else "eval_args.order is TO (time-ordered split)"
+            )
+            if not time_field or time_field not in declared:
+                raise ValueError(
+                    f"{why}, but {where} declares no time column TIME_FIELD={time_field!r} (it "
+                    f"declares {list(declared)}). Add a '{time_field or 'timestamp'}:float' "
+                    f"column, or set --TIME_FIELD=<your time column>"
+                    + ("" if sequential else ", or use --eval_args with order RO (random order)")
+                )
+            if time_field not in loaded:
+                raise ValueError(
+                    f"{why}, but load_col.inter {sorted(loaded)} leaves out {time_field!r}, which "
+                    f"{where} declares: add {time_field!r} to load_col.inter (or set load_col "
+                    f"to ~ to load every column)"
+                )
+        if sequential and parts:
+            list_field = final["ITEM_ID_FIELD"] + final["LIST_SUFFIX"]
+            for file in files:
+                header = read_header(file, separator)
+                if list_field not in header:
+                    raise ValueError(
+                        f"{self.model} on pre-split files (benchmark_filename={parts}) reads each "
+                        f"user's history from a '{list_field}:token_seq' column, but {file} "
+                        f"declares only {list(header)}. RecBole builds histories only from one "
+                        f"file: add the column (the earlier item ids, oldest first, space-"
+                        f"separated) to every part, or merge the parts into {self.dataset}.inter "
+                        f"(with a timestamp column) and drop benchmark_filename so the histories "
+                        f"and the leave-one-out split are built for you."
+                    )
+            if list_field not in loaded:
+                raise ValueError(
+                    f"load_col.inter {sorted(loaded)} leaves out {list_field!r}, which "
+                    f"{self.model} needs on pre-split files: add it to load_col.inter"
+                )
 
     def _check_context_label(self):
         """Context-aware (CTR) models need a label; RecBole fails late with ``KeyError: 'label'``."""
@@ -144,23 +232,36 @@ class Config(RecBoleConfig):
             )
 
 
-def resolve_data_path(dataset: str, data_path: str) -> str:
-    """Directory holding ``<dataset>.inter``: the user's copy first, then recbole's shipped one.
+def resolve_data_path(dataset: str, data_path: str, benchmark_filename=None) -> str:
+    """Absolute directory holding the dataset's interaction file(s): the user's copy first, then
+    recbole's shipped one. The files are ``<dataset>.inter``, or with ``benchmark_filename`` (
+    RecBole's pre-split layout) ``<dataset>.<part>.inter`` for every part.
+
+    Absolute, so that processes started elsewhere (Ray trials run in their own folders) read the
+    same files.
 
     >>> resolve_data_path("ml-100k", "/nonexistent").endswith("dataset_example/ml-100k")
     True
+
+    Raises:
+        DatasetNotFoundError: naming every expected file.
     """
-    local = Path(data_path) / dataset
-    if (local / f"{dataset}.inter").is_file():
-        return str(local)
-    shipped = RECBOLE_EXAMPLE_DIR / dataset
-    if (shipped / f"{dataset}.inter").is_file():
-        return str(shipped)
+    local = (Path(data_path) / dataset).resolve()
+    for directory in (local, RECBOLE_EXAMPLE_DIR / dataset):
+        if all(f.is_file() for f in interaction_files(directory, dataset, benchmark_filename)):
+            return str(directory)
+    expected = interaction_files(local, dataset, benchmark_filename)
+    missing = [str(f) for f in expected if not f.is_file()]
+    layout = (
+        f"{dataset}.<part>.inter for each part of benchmark_filename={list(benchmark_filename)}"
+        if benchmark_filename
+        else f"{dataset}.inter"
+    )
     raise DatasetNotFoundError(
-        f"dataset {dataset!r} has no local atomic files: expected {local / (dataset + '.inter')} "
+        f"dataset {dataset!r} has no local atomic files: expected {', '.join(missing)} "
         f"(and optionally {dataset}.item / {dataset}.user beside it, in RecBole's atomic format, "
         f"see https://recbole.io/atomic_files.html). Put the files there or set --data_path=DIR "
-        f"so that DIR/{dataset}/{dataset}.inter exists. recbole-ext never downloads datasets; "
+        f"so that DIR/{dataset}/ holds {layout}. recbole-ext never downloads datasets; "
         f"the only built-in one is ml-100k."
     )
 

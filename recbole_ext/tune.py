@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,8 +216,9 @@ def run_tuning(spec: TuneSpec) -> dict:
             f" or ASHA can never stop a trial early; lower it or raise --epochs"
         )
     spec.output.mkdir(parents=True, exist_ok=True)
+    base = absolute_paths(base)
     base.update(
-        data_path=str(Path(config["data_path"]).parent),
+        data_path=str(Path(config["data_path"]).parent),  # absolute (resolve_data_path)
         eval_candidates_file=str(spec.output / "candidates.npz"),
         show_progress=False,
     )
@@ -307,10 +309,52 @@ def collect_trials(grid, max_t: int, bigger: bool = True) -> list[dict]:
                 "stopped_at_epoch": len(curve),
                 "best_valid_score": ((max if bigger else min)(curve) if curve else None),
                 "status": status,
-                "error": "" if result.error is None else str(result.error).splitlines()[0][:300],
+                "error": "" if result.error is None else describe_error(result.error),
             }
         )
     return trials
+
+
+PATH_KEY_SUFFIXES = ("_path", "_file", "_files", "_dir")  # data_path, eval_candidates_file, ...
+PATH_KEYS = {"arch"}  # AutoDisenSeq: an architecture JSON
+
+
+def absolute_paths(values: dict) -> dict:
+    """``values`` with every relative path-valued option made absolute against the current
+    folder: Ray starts each trial in its own folder (and a cluster node elsewhere), where a
+    relative ``data_path`` or ``eval_candidates_file`` would point at nothing.
+
+    >>> absolute_paths({"data_path": "/d", "epochs": 3})
+    {'data_path': '/d', 'epochs': 3}
+    >>> absolute_paths({"checkpoint_dir": "saved"})["checkpoint_dir"] == str(Path("saved").resolve())
+    True
+    """
+
+    def absolute(value):
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            return str(Path(value).resolve())
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        return value
+
+    return {
+        key: absolute(value) if key.endswith(PATH_KEY_SUFFIXES) or key in PATH_KEYS else value
+        for key, value in values.items()
+    }
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def describe_error(error: BaseException, limit: int = 500) -> str:
+    """``"ValueError: <message>"`` of the exception that failed a trial.
+
+    Ray wraps it in a ``RayTaskError`` whose text starts with ``ray::ImplicitFunc.train()
+    (pid=...)`` and colour codes; the original exception is its ``cause``.
+    """
+    cause = getattr(error, "cause", None) or error
+    message = _ANSI.sub("", str(cause)).strip()
+    return f"{type(cause).__name__}: {' '.join(message.split())}"[:limit]
 
 
 def write_trials(output: Path, trials: list[dict], metric: str) -> None:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -186,6 +187,9 @@ def test_unknown_config_key_fails_before_ray_starts(workdir):
 
 
 def test_asha_prunes_on_validation_and_tests_only_the_best(workdir):
+    """Also: the dataset sits at the default, relative data_path (dataset/tiny/ in the working
+    folder), which every Ray trial, started in its own folder, must still find."""
+    shutil.copytree(TINY_DATA / "tiny", workdir / "dataset" / "tiny")
     space = yaml.safe_load((TESTS_DIR / "data" / "tune_space.yaml").read_text())
     space["hidden_size"]["values"] = [16, 32, 15]  # 15 is not a multiple of n_heads=2: crashes
     (workdir / "space.yaml").write_text(yaml.safe_dump(space))
@@ -199,7 +203,8 @@ def test_asha_prunes_on_validation_and_tests_only_the_best(workdir):
             f"--output={out}",
             "--epochs=3",
             "--eval_protocol=seq_pop100",
-            *TINY,
+            f"--config_files={TINY_YAML}",
+            "--dataset=tiny",
         ]
     )
     with (out / "trials.csv").open() as f:
@@ -211,6 +216,10 @@ def test_asha_prunes_on_validation_and_tests_only_the_best(workdir):
     assert all(int(t["stopped_at_epoch"]) < 3 for t in stopped)
     crashed = [t for t in trials if t["hidden_size"] == "15"]
     assert crashed and all(t["status"] == "error" for t in crashed)  # reported, run went on
+    for t in crashed:  # the exception's type and message, not Ray's wrapper line
+        assert t["error"].startswith("ValueError: The hidden size (15) is not a multiple"), t
+        assert "ray::" not in t["error"] and "\x1b" not in t["error"]
+    assert all(t["error"] == "" for t in trials if t["hidden_size"] != "15")
     for t in trials:  # one validation score per epoch reached
         assert len(json.loads(t["valid_curve"])) == int(t["stopped_at_epoch"])
 
