@@ -7,7 +7,9 @@ Precedence, lowest first (RecBole's rule, with our layers inserted after RecBole
 3. ``recbole_ext/properties/model/<Model>.yaml``;
 4. ``recbole_ext/properties/dataset/<dataset>.yaml``;
 5. ``recbole_ext/properties/protocol/<eval_protocol>.yaml`` when ``eval_protocol`` is set;
-6. user ``config_file_list`` < ``config_dict`` < ``cmd_args`` (``--key=value`` strings).
+6. ``recbole_ext/properties/preset/<preset>.yaml`` when ``preset`` is set (a training recipe,
+   e.g. ``--preset=autodisenseq_authors``);
+7. user ``config_file_list`` < ``config_dict`` < ``cmd_args`` (``--key=value`` strings).
 
 Unlike RecBole, command-line overrides are passed in explicitly (``cmd_args``) instead of being read
 from ``sys.argv``, so library callers (tests, Ray Tune workers, the benchmark) are never affected by
@@ -107,6 +109,17 @@ class Config(RecBoleConfig):
                 known = sorted(p.stem for p in (PROPERTIES_DIR / "protocol").glob("*.yaml"))
                 raise ValueError(f"eval_protocol={protocol!r} is unknown; choose one of {known}")
             self._update_internal_config_dict(str(file))
+        self._load_preset()
+
+    def _load_preset(self):
+        """Layer ``properties/preset/<preset>.yaml`` (the user's ``preset``, else a yaml's)."""
+        preset = self.external_config_dict.get("preset", self.internal_config_dict.get("preset"))
+        if preset:
+            file = PROPERTIES_DIR / "preset" / f"{preset}.yaml"
+            if not file.is_file():
+                known = sorted(p.stem for p in (PROPERTIES_DIR / "preset").glob("*.yaml"))
+                raise ValueError(f"preset={preset!r} is unknown; choose one of {known}")
+            self._update_internal_config_dict(str(file))
 
     def _get_final_config_dict(self):
         final = super()._get_final_config_dict()
@@ -160,10 +173,13 @@ class Config(RecBoleConfig):
         final = self.final_config_dict
         parts = final["benchmark_filename"]
         files = interaction_files(Path(final["data_path"]), self.dataset, parts)
-        separator = final["field_separator"] or "\t"
-        declared = {}
-        for file in files:
-            declared.update(read_header(file, separator))
+        header = {
+            file: read_header(
+                file, final["field_separator"] or "\t", final.get("encoding") or "utf-8"
+            )
+            for file in files
+        }
+        declared = {field: kind for fields in header.values() for field, kind in fields.items()}
         load_col = final["load_col"]
         if isinstance(load_col, dict) and not self._load_col_chosen():
             load_col = {**load_col, "inter": list(dict.fromkeys([*load_col["inter"], *declared]))}
@@ -195,13 +211,12 @@ class Config(RecBoleConfig):
                 )
         if sequential and parts:
             list_field = final["ITEM_ID_FIELD"] + final["LIST_SUFFIX"]
-            for file in files:
-                header = read_header(file, separator)
-                if list_field not in header:
+            for file, fields in header.items():
+                if list_field not in fields:
                     raise ValueError(
                         f"{self.model} on pre-split files (benchmark_filename={parts}) reads each "
                         f"user's history from a '{list_field}:token_seq' column, but {file} "
-                        f"declares only {list(header)}. RecBole builds histories only from one "
+                        f"declares only {list(fields)}. RecBole builds histories only from one "
                         f"file: add the column (the earlier item ids, oldest first, space-"
                         f"separated) to every part, or merge the parts into {self.dataset}.inter "
                         f"(with a timestamp column) and drop benchmark_filename so the histories "

@@ -46,13 +46,14 @@ def parse_header(line: str, separator: str = "\t") -> dict[str, str]:
     return fields
 
 
-def read_header(path: Path, separator: str = "\t") -> dict[str, str]:
-    """``{field: type}`` declared by the first line of the atomic file ``path``.
+def read_header(path: Path, separator: str = "\t", encoding: str = "utf-8") -> dict[str, str]:
+    """``{field: type}`` declared by the first line of the atomic file ``path`` (read as RecBole
+    does: ``field_separator``, ``encoding``).
 
     Raises:
         ValueError: naming the file, when its header is malformed.
     """
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding=encoding) as handle:
         line = handle.readline()
     try:
         return parse_header(line, separator)
