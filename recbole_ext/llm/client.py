@@ -8,25 +8,28 @@
 - ``a*`` coroutines and ``*_batch`` methods: bounded concurrency (``max_concurrency``) and a tqdm
   progress bar.
 - Every request goes through the store first (zero calls for stored keys); misses are retried with
-  exponential backoff on timeouts, connection errors, 408/409/429, 5xx and unreadable bodies. After
-  the last retry the call raises :class:`LLMRequestError` -- or returns the caller's ``fallback``,
-  which is never stored.
+  exponential backoff (at least the server's ``Retry-After``) on timeouts, connection errors,
+  408/409/429, 5xx and unreadable bodies: one ``tenacity`` policy serves the sync and async paths.
+  After the last retry the call raises :class:`LLMRequestError` -- or returns the caller's
+  ``fallback``, which is never stored.
 - :class:`LLMUsage` counts requests, tokens, cache hits, retries, failures and seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import openai
+import tenacity
 from tqdm.auto import tqdm
 
 from .config import LLMConfig
@@ -218,8 +221,11 @@ class LLMClient:
             }
         return None
 
-    def _backoff(self, attempt: int, error: BaseException) -> float:
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        """Seconds before retry ``n``: ``backoff_base·2^(n-1)`` with jitter, at least the
+        server's ``Retry-After``, at most ``backoff_max``."""
         cfg = self.config
+        error = retry_state.outcome.exception()
         retry_after = None
         if isinstance(error, openai.APIStatusError):
             header = error.response.headers.get("retry-after")
@@ -227,10 +233,42 @@ class LLMClient:
                 retry_after = float(header) if header is not None else None
             except ValueError:
                 retry_after = None
-        wait = cfg.backoff_base * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
+        wait = (
+            cfg.backoff_base * 2 ** (retry_state.attempt_number - 1) * (0.5 + random.random() / 2)
+        )
         if retry_after is not None:
             wait = max(wait, retry_after)
         return min(wait, cfg.backoff_max)
+
+    def _should_retry(self, error: BaseException) -> bool:
+        self._check_endpoint(error)  # a dead local server raises here, before any retry
+        return _is_retryable(error)
+
+    def _retry_policy(self, retrying_class: type[T]) -> T:
+        """The one retry policy of every request, for ``tenacity.Retrying`` (sync) or
+        ``tenacity.AsyncRetrying``: ``max_retries`` retries of retryable errors with
+        :meth:`_wait` between them; the last error is re-raised."""
+
+        def count_retry(_state: tenacity.RetryCallState) -> None:
+            self.usage.retries += 1
+
+        return retrying_class(
+            stop=tenacity.stop_after_attempt(self.config.max_retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(self._should_retry),
+            before_sleep=count_retry,
+            reraise=True,
+        )
+
+    @contextlib.contextmanager
+    def _timed_attempt(self) -> Iterator[None]:
+        """Count one HTTP attempt and the seconds spent on it, whatever its outcome."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.usage.requests += 1
+            self.usage.seconds += time.perf_counter() - start
 
     def _lookup(self, key: str, parse: Callable[[dict[str, Any]], T]) -> Any:
         """The parsed stored reply of ``key``, or ``_MISS``."""
@@ -283,7 +321,7 @@ class LLMClient:
             "llm_timeout / llm_max_retries, or pass a fallback."
         ) from error
 
-    # -- the two request loops (sync / async), identical but for sleeping and awaiting --------
+    # -- the request: one retry policy, driven synchronously or from an event loop ------------
     def _request(
         self,
         messages: Messages,
@@ -296,30 +334,19 @@ class LLMClient:
         cached = self._lookup(key, parse)
         if cached is not _MISS:
             return cached
-        error: BaseException | None = None
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                self.usage.retries += 1
-                time.sleep(self._backoff(attempt, error))
-            start = time.perf_counter()
-            try:
-                completion = self._sync.chat.completions.create(
-                    model=self.config.model, messages=list(messages), **params
-                )
-                response = _response_dict(completion)
-                value = parse(response)
-            except Exception as caught:  # noqa: BLE001 - classified just below
-                self._check_endpoint(caught)
-                if not _is_retryable(caught):
-                    return self._give_up(caught, attempt + 1, RAISE)
-                error = caught
-                continue
-            finally:
-                self.usage.requests += 1
-                self.usage.seconds += time.perf_counter() - start
-            self._record(key, messages, params, template_version, response)
-            return value
-        return self._give_up(error, self.config.max_retries + 1, fallback)
+        policy = self._retry_policy(tenacity.Retrying)
+        try:
+            for attempt in policy:
+                with attempt, self._timed_attempt():
+                    completion = self._sync.chat.completions.create(
+                        model=self.config.model, messages=list(messages), **params
+                    )
+                    response = _response_dict(completion)
+                    value = parse(response)
+        except Exception as error:  # noqa: BLE001 - _fail tells a fallback case from a raise
+            return self._fail(error, fallback, policy.statistics["attempt_number"])
+        self._record(key, messages, params, template_version, response)
+        return value
 
     async def _arequest(
         self,
@@ -334,30 +361,27 @@ class LLMClient:
         cached = self._lookup(key, parse)
         if cached is not _MISS:
             return cached
-        error: BaseException | None = None
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                self.usage.retries += 1
-                await asyncio.sleep(self._backoff(attempt, error))
-            start = time.perf_counter()
-            try:
-                completion = await client.chat.completions.create(
-                    model=self.config.model, messages=list(messages), **params
-                )
-                response = _response_dict(completion)
-                value = parse(response)
-            except Exception as caught:  # noqa: BLE001 - classified just below
-                self._check_endpoint(caught)
-                if not _is_retryable(caught):
-                    return self._give_up(caught, attempt + 1, RAISE)
-                error = caught
-                continue
-            finally:
-                self.usage.requests += 1
-                self.usage.seconds += time.perf_counter() - start
-            self._record(key, messages, params, template_version, response)
-            return value
-        return self._give_up(error, self.config.max_retries + 1, fallback)
+        policy = self._retry_policy(tenacity.AsyncRetrying)
+        try:
+            async for attempt in policy:
+                with attempt, self._timed_attempt():
+                    completion = await client.chat.completions.create(
+                        model=self.config.model, messages=list(messages), **params
+                    )
+                    response = _response_dict(completion)
+                    value = parse(response)
+        except Exception as error:  # noqa: BLE001 - _fail tells a fallback case from a raise
+            return self._fail(error, fallback, policy.statistics["attempt_number"])
+        self._record(key, messages, params, template_version, response)
+        return value
+
+    def _fail(self, error: Exception, fallback: Any, attempts: int) -> Any:
+        """After the policy gave up: a retryable error ran out of retries (``fallback`` applies);
+        any other error is raised as :class:`LLMRequestError` (a dead server's error as is)."""
+        if isinstance(error, LLMRequestError):
+            self.usage.failures += 1
+            raise error
+        return self._give_up(error, attempts, fallback if _is_retryable(error) else RAISE)
 
     # -- request kinds: (params, parser) --------------------------------------------------------
     def _chat_spec(
