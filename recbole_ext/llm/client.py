@@ -21,13 +21,13 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import openai
 import tenacity
 from tqdm.auto import tqdm
@@ -133,10 +133,7 @@ def first_token_top_logprobs(response: Mapping[str, Any]) -> dict[str, float]:
     merged: dict[str, float] = {}
     for entry in content[0]["top_logprobs"]:
         token, logprob = entry["token"], float(entry["logprob"])
-        if token in merged:
-            high, low = max(merged[token], logprob), min(merged[token], logprob)
-            logprob = high + math.log1p(math.exp(low - high))
-        merged[token] = logprob
+        merged[token] = float(np.logaddexp(merged[token], logprob)) if token in merged else logprob
     return merged
 
 

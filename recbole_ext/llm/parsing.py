@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
+
+from scipy.special import expit, logsumexp
 
 _FENCE = re.compile(r"```(?:json|python|JSON)?\s*(.*?)```", re.DOTALL)
 _BRACKETED = re.compile(r"\[\s*([^\[\]\s,>]+)\s*\]")
@@ -208,11 +209,6 @@ def _normalise_token(token: str) -> str:
     return token.strip().strip(".,!:;\"'").lower()
 
 
-def _logsumexp(values: Sequence[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
 def yes_no_probability(top_logprobs: Mapping[str, float], temperature: float = 1.0) -> float | None:
     """p(Yes) from the first reply token's top log-probabilities, TALLRec style.
 
@@ -222,6 +218,7 @@ def yes_no_probability(top_logprobs: Mapping[str, float], temperature: float = 1
     the top-k gets the smallest reported log-probability (an upper bound of its true value).
     Returns ``None`` when neither group is present (the caller decides the fallback).
 
+    >>> import math
     >>> round(yes_no_probability({"Yes": math.log(0.6), "No": math.log(0.2)}), 6)
     0.75
     """
@@ -235,10 +232,6 @@ def yes_no_probability(top_logprobs: Mapping[str, float], temperature: float = 1
     if not groups["yes"] and not groups["no"]:
         return None
     floor = min(float(v) for v in top_logprobs.values())
-    l_yes = _logsumexp(groups["yes"]) if groups["yes"] else floor
-    l_no = _logsumexp(groups["no"]) if groups["no"] else floor
-    # sigmoid((l_y - l_n) / T), written stably.
-    z = (l_yes - l_no) / temperature
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    return math.exp(z) / (1.0 + math.exp(z))
+    l_yes = float(logsumexp(groups["yes"])) if groups["yes"] else floor
+    l_no = float(logsumexp(groups["no"])) if groups["no"] else floor
+    return float(expit((l_yes - l_no) / temperature))  # stable sigmoid
