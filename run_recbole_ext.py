@@ -6,7 +6,10 @@
     python run_recbole_ext.py --model=AutoDisenSeq --llm_rerank=True [--rerank_keep_top=0]
     python run_recbole_ext.py --rerank_from=saved/<model>.pth [--rerank_keep_top=0] --output=x.json
 
-Any ``--key=value`` not listed in ``--help`` is a RecBole/recbole-ext config override.
+Any ``--key=value`` not listed in ``--help`` is a RecBole/recbole-ext config override. A key that no
+yaml declares and no code reads (a typo) stops the job before data loads (``--allow_unknown_keys=True``
+accepts it); a key that looks like a credential is refused: secrets come from the environment
+(``export OPENAI_API_KEY=...``, named by ``llm_api_key_env``).
 """
 
 import argparse
@@ -49,14 +52,24 @@ def parse(argv=None):
 
 
 def as_dict(overrides: list[str], parser) -> dict:
-    """``["--epochs=5"]`` → ``{"epochs": "5"}`` (RecBole converts the value's type)."""
-    values = {}
-    for arg in overrides:
-        if not arg.startswith("--") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}: overrides look like --key=value")
-        key, value = arg[2:].split("=", 1)
-        values[key] = value
-    return values
+    """``["--epochs=5"]`` → ``{"epochs": "5"}`` (RecBole converts the value's type); a malformed
+    override is a usage error that never shows a value (it may be a secret)."""
+    from recbole_ext.config_checks import parse_overrides
+
+    try:
+        return parse_overrides(overrides)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def check_benchmark_keys(spec) -> None:
+    """Every row's configuration passes :class:`recbole_ext.config.Config`'s key checks before
+    the first run starts (a typo or a secret would otherwise fail each run in turn)."""
+    from recbole_ext.config import Config
+
+    for name in spec.models:
+        overrides = {**spec.overrides, **spec.variants.get(name, {}).get("config", {})}
+        Config(spec.model_of(name), spec.dataset, spec.config_files or None, overrides)
 
 
 def main(argv=None):
@@ -79,6 +92,7 @@ def main(argv=None):
             spec = BenchmarkSpec.from_suite(args.suite, **cli)
         else:
             spec = BenchmarkSpec(**{k: v for k, v in cli.items() if v is not None})
+        check_benchmark_keys(spec)
         print(f"results in {run_benchmark(spec)}")
     elif args.tune:
         from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning

@@ -14,10 +14,16 @@ Precedence, lowest first (RecBole's rule, with our layers inserted after RecBole
 Unlike RecBole, command-line overrides are passed in explicitly (``cmd_args``) instead of being read
 from ``sys.argv``, so library callers (tests, Ray Tune workers, the benchmark) are never affected by
 the arguments of whatever process imported them.
+
+Before any data loads, the user's keys (layer 6) are checked (:mod:`recbole_ext.config_checks`):
+a key that looks like a credential is refused (secrets come from the environment, named by
+``llm_api_key_env``), and so is a key that no yaml declares and no code of the run reads, naming
+the closest known keys, unless ``allow_unknown_keys`` is True.
 """
 
 from __future__ import annotations
 
+from logging import getLogger
 from pathlib import Path
 
 import yaml
@@ -25,6 +31,14 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_ext.compat import apply_compatibility
+from recbole_ext.config_checks import (
+    CredentialError,
+    UnknownKeyError,
+    credential_problem,
+    known_keys,
+    parse_overrides,
+    unknown_keys_message,
+)
 from recbole_ext.data.atomic_files import interaction_files, read_header
 from recbole_ext.utils import get_model
 
@@ -57,21 +71,28 @@ class Config(RecBoleConfig):
         cmd_args: list[str] | None = None,
     ):
         self._cmd_args = list(cmd_args or [])
+        self._key_sources: dict[str, str] = {}  # user key -> where it was given (last wins)
         super().__init__(model, dataset, config_file_list, config_dict)
 
     # --- RecBole hooks -------------------------------------------------------------------------
     def compatibility_settings(self):
         apply_compatibility()
 
+    def _load_config_files(self, file_list):
+        values = {}
+        for file in file_list or []:
+            loaded = super()._load_config_files([file])
+            self._key_sources.update(dict.fromkeys(loaded, f"config file {file}"))
+            values.update(loaded)
+        return values
+
+    def _load_variable_config_dict(self, config_dict):
+        self._key_sources.update(dict.fromkeys(config_dict or {}, "config_dict"))
+        return super()._load_variable_config_dict(config_dict)
+
     def _load_cmd_line(self):
-        cmd_config_dict = {}
-        for arg in self._cmd_args:
-            if not arg.startswith("--") or "=" not in arg:
-                raise ValueError(f"command-line override {arg!r} must look like --key=value")
-            key, value = arg[2:].split("=", 1)
-            if key in cmd_config_dict and cmd_config_dict[key] != value:
-                raise ValueError(f"--{key} is given twice with different values")
-            cmd_config_dict[key] = value
+        cmd_config_dict = parse_overrides(self._cmd_args)
+        self._key_sources.update(dict.fromkeys(cmd_config_dict, "command line"))
         return self._convert_config_dict(cmd_config_dict)
 
     def _get_model_and_dataset(self, model, dataset):
@@ -122,6 +143,7 @@ class Config(RecBoleConfig):
             self._update_internal_config_dict(str(file))
 
     def _get_final_config_dict(self):
+        self._check_user_keys()
         final = super()._get_final_config_dict()
         # RecBole 1.2.1 rejects its own defaults for CE-loss sequential models (SASRec, GRU4Rec,
         # BERT4Rec...): overall.yaml samples a training negative, _set_default_parameters then
@@ -133,6 +155,40 @@ class Config(RecBoleConfig):
         ):
             final["train_neg_sample_args"] = None
         return final
+
+    def _check_user_keys(self):
+        """Refuse credentials and unknown keys among the user's (:mod:`~recbole_ext.config_checks`).
+
+        Raises:
+            CredentialError: naming the key, where it was given and the environment-variable way;
+                never the value.
+            UnknownKeyError: naming each unknown key, where it was given and the closest known
+                keys (unless ``allow_unknown_keys`` is True).
+        """
+        from recbole_ext.utils import get_trainer
+
+        try:
+            trainer_class = get_trainer(self.internal_config_dict["MODEL_TYPE"], self.model)
+        except ImportError:  # an optional package (xgboost, lightgbm) missing: fails later
+            trainer_class = None
+        known = known_keys(set(self.internal_config_dict), self.model_class, trainer_class)
+        for key, where in self._key_sources.items():
+            problem = credential_problem(key, self.external_config_dict[key], known)
+            if problem:
+                raise CredentialError(f"{where}: {problem}")
+        allow = self.external_config_dict.get(
+            "allow_unknown_keys", self.internal_config_dict.get("allow_unknown_keys", False)
+        )
+        if not isinstance(allow, bool):
+            raise ValueError("allow_unknown_keys takes True or False")
+        unknown = {key: where for key, where in self._key_sources.items() if key not in known}
+        if unknown and not allow:
+            raise UnknownKeyError(unknown_keys_message(unknown, known, self.model, self.dataset))
+        if unknown:
+            getLogger().warning(
+                f"allow_unknown_keys=True: keys no yaml declares and no code reads are kept: "
+                f"{sorted(unknown)}"
+            )
 
     def _set_default_parameters(self):
         user_data_path = self.final_config_dict["data_path"]

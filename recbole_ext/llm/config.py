@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from recbole_ext.config_checks import credential_problem
+
 STRUCTURED_OUTPUT_MODES = ("json_object", "json_schema", "none")
 
 # Default file name of the response store inside RecBole's ``checkpoint_dir``.
@@ -107,6 +109,10 @@ class LLMConfig:
     encoder_batch_size: int = field(default=32, metadata={"help": "Texts per encoder batch."})
 
     def __post_init__(self) -> None:
+        # the variable's NAME, never the key itself (to_dict() is logged and stored)
+        problem = credential_problem("llm_api_key_env", self.api_key_env)
+        if problem:
+            raise ValueError(problem)
         if self.temperature < 0:
             raise ValueError(f"llm_temperature={self.temperature}: set it to a value >= 0.")
         if self.max_tokens < 1:
