@@ -7,9 +7,10 @@ Prints (one run each, wall-clock seconds, torch threads as set by ``expctr_lm_th
 - load of the local LM (SmolLM2-135M-Instruct GGUF, dequantised to float32);
 - batched sampled generation of ``--batch`` explanation prompts (tokens/s = generated tokens of all
   rows / seconds; rows stop at <|im_end|>);
-- one PPO update (``ppo_step``: policy + reference + value forward, one update epoch, minibatch 4)
-  on that rollout, with the batch size and the mean response length stated;
-- one Yes/No scoring batch of the LC reward model (frozen base, adapters off);
+- one PPO update (``LoRAPolicy.step``: policy + reference + value forward, one update epoch,
+  minibatch 4) on that rollout, with the batch size and the mean response length stated;
+- one Yes/No scoring batch of the LC reward model (``LoRAPolicy.yes_no_scores``: frozen base,
+  adapters off);
 - with ``--stages``: the tiny preset end to end (``--dataset``, default tests/data/tiny), each
   stage's time and the test metrics (ExpCTR-Aug, ``llm_*`` ExpCTR-LLM, ``icl_*`` ICL).
 """
@@ -17,15 +18,22 @@ Prints (one run each, wall-clock seconds, torch threads as set by ``expctr_lm_th
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from recbole_ext.config import Config
+from recbole_ext.llm import LoRASettings
+from recbole_ext.llm.local_lm import chat_prompt, load_local_lm
+from recbole_ext.quick_start import build
+from recbole_ext.rl import PromptDomain, ctr_messages, explanation_messages
+from recbole_ext.rl.policy import LoRAPolicy
+from recbole_ext.rl.ppo import PPOConfig
+from recbole_ext.trainer.expctr import ExpCTRTrainer
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def _sync(device: str) -> None:
@@ -34,30 +42,16 @@ def _sync(device: str) -> None:
 
 
 def micro(batch: int, response_length: int, threads: int, device: str, lm: str | None) -> None:
-    from recbole_ext.llm import LoRASettings
-    from recbole_ext.llm.local_lm import add_lora, chat_prompt, load_local_lm, reference_mode
-    from recbole_ext.rl import PromptDomain, ctr_messages, explanation_messages
-    from recbole_ext.rl.ppo import (
-        PPOConfig,
-        ValueHead,
-        generate_responses,
-        make_optimizer,
-        ppo_step,
-    )
-
     start = time.perf_counter()
     model, tokenizer = load_local_lm(lm, num_threads=threads, device=device)
     print(
         f"load LM: {time.perf_counter() - start:.1f} s (device {device}, torch threads "
         f"{torch.get_num_threads()})"
     )
-    policy = add_lora(model, LoRASettings())
-    policy.eval()
-    value_head = ValueHead(model.config.hidden_size).to(device)
     config = PPOConfig(
         batch_size=batch, mini_batch_size=min(4, batch), response_length=response_length
     )
-    optimizer = make_optimizer(policy, value_head, config)
+    policy = LoRAPolicy((model, tokenizer), LoRASettings(), config, seed=0, device=device)
     domain = PromptDomain.named("movie")
     liked = [
         "Toy Story (1995) Animation, Children's, Comedy",
@@ -71,10 +65,10 @@ def micro(batch: int, response_length: int, threads: int, device: str, lm: str |
     ]
     prompt_tokens = len(tokenizer(chat_prompt(tokenizer, prompts[0]))["input_ids"])
     torch.manual_seed(0)
-    generate_responses(policy, tokenizer, prompts[:1], config)  # warm-up (kernels, caches)
+    policy.generate(prompts[:1])  # warm-up (kernels, caches)
     _sync(device)
     start = time.perf_counter()
-    rollout = generate_responses(policy, tokenizer, prompts, config)
+    rollout = policy.generate(prompts)
     _sync(device)
     seconds = time.perf_counter() - start
     tokens = float(rollout.response_mask.sum())
@@ -85,7 +79,7 @@ def micro(batch: int, response_length: int, threads: int, device: str, lm: str |
         "row-steps/s)"
     )
     start = time.perf_counter()
-    stats = ppo_step(policy, value_head, optimizer, rollout, [0.5] * batch, config)
+    stats = policy.step(rollout, [0.5] * batch)
     _sync(device)
     print(
         f"one PPO update: batch {batch}, mean response {stats['response_tokens']:.1f} tokens "
@@ -93,29 +87,14 @@ def micro(batch: int, response_length: int, threads: int, device: str, lm: str |
         f"{config.update_epochs} epoch: {time.perf_counter() - start:.2f} s"
     )
     messages = [ctr_messages(t, "Movie (1996)", domain) for t in rollout.texts]
-    inputs = tokenizer(
-        [chat_prompt(tokenizer, m) for m in messages],
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-    ).to(device)
     start = time.perf_counter()
-    with reference_mode(policy):
-        policy(**inputs, logits_to_keep=1)
+    policy.yes_no_scores(messages)
     _sync(device)
     print(f"LC Yes/No scoring: batch {batch}: {time.perf_counter() - start:.2f} s")
 
 
 def stages(dataset: str) -> None:
     """The tiny preset end to end (RecBole build, ExpCTRTrainer.fit, test evaluation)."""
-    import recbole_ext.data.dataset as datasets
-    from recbole_ext.config import Config
-    from recbole_ext.data.expctr_dataset import ExpCTRDataset
-    from recbole_ext.quick_start import build
-    from recbole_ext.trainer.expctr import ExpCTRTrainer
-
-    if not hasattr(datasets, "ExpCTRDataset"):  # until the registry import is added
-        datasets.ExpCTRDataset = ExpCTRDataset
     data = REPO / "tests" / "data"
     files = [str(data / "tiny.yaml")] if dataset == "tiny" else None
     with tempfile.TemporaryDirectory() as tmp:

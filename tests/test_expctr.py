@@ -13,9 +13,10 @@ import torch
 
 from recbole_ext.config import Config
 from recbole_ext.data.expctr_samples import build_samples
+from recbole_ext.expctr_results import ctr_metrics
 from recbole_ext.quick_start import build
 from recbole_ext.rl.config import ExpCTRConfig, ppo_config
-from recbole_ext.trainer.expctr import ExpCTRTrainer, ctr_metrics
+from recbole_ext.trainer.expctr import ExpCTRTrainer
 from tests.conftest import TINY_DATA, TINY_YAML
 
 CHAT = (
@@ -190,7 +191,7 @@ def test_model_concatenates_z_and_ic_reward_zeroes_it_exactly(workdir):
 
     # the trainer's IC reward: the second model call receives exactly the zero vector
     trainer = ExpCTRTrainer(config, model, lm=tiny_lm(), encoder=HashEncoder())
-    samples = trainer._samples(train)[:6]
+    samples = trainer.run.samples(train)[:6]
     texts = [f"explanation {i}" for i in range(6)]
     calls = []
     forward = model.forward
@@ -206,7 +207,7 @@ def test_model_concatenates_z_and_ic_reward_zeroes_it_exactly(workdir):
     torch.testing.assert_close(calls[0], encoded)
     assert calls[1].shape == encoded.shape and torch.count_nonzero(calls[1]) == 0
     rewards = trainer._ic_rewards(samples, texts)
-    labels = [s["label"] for s in samples]
+    labels = [s.label for s in samples]
     expected = [1 - abs(y - a) + abs(a - b) for y, a, b in zip(labels, s_r, s_tilde)]
     assert rewards == pytest.approx(expected)
 
@@ -240,7 +241,8 @@ def _trainer(config):
 
 
 def _adapters(trainer):
-    return {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    params = trainer.run.policy.model.named_parameters()
+    return {n: p.detach().clone() for n, p in params if p.requires_grad}
 
 
 def test_stage_order_outputs_and_resume_without_asking_the_llm(workdir):
@@ -254,14 +256,14 @@ def test_stage_order_outputs_and_resume_without_asking_the_llm(workdir):
     result = trainer.evaluate(test, load_best_model=True)
     for name in AUG_LLM_ICL:
         assert np.isfinite(result[name]) or name.endswith("auc"), (name, result[name])
-    assert (trainer.run_dir / "reward_trajectory.csv").is_file()
-    assert (trainer.run_dir / "reward_trajectory.png").is_file()
+    assert (trainer.run.folder / "reward_trajectory.csv").is_file()
+    assert (trainer.run.folder / "reward_trajectory.png").is_file()
 
     again, train, valid, test = _trainer(config)  # same settings, fresh process state
     best2, valid_result2 = again.fit(train, valid)
     result2 = again.evaluate(test, load_best_model=True)
     assert again.stage_log == [(s, "resumed") for s in ORDER]
-    assert again.generate_calls == 0 and again.score_calls == 0 and again.policy is None
+    assert again.generate_calls == 0 and again.score_calls == 0 and again.run.policy is None
     assert best2 == pytest.approx(best) and valid_result2 == pytest.approx(valid_result)
     assert dict(result2) == pytest.approx(dict(result), nan_ok=True)
 
@@ -269,8 +271,8 @@ def test_stage_order_outputs_and_resume_without_asking_the_llm(workdir):
 def test_interrupted_run_resumes_at_the_stage_that_failed(workdir, monkeypatch):
     config = tiny_config(workdir, expctr_final_refit=False)
     reference, train, valid, _ = _trainer(config)
-    reference.run_dir = workdir / "uninterrupted"  # same seeds, its own files
-    reference._store = __import__("recbole_ext.llm.store", fromlist=["x"]).ResponseStore(
+    reference.run.folder = workdir / "uninterrupted"  # same seeds, its own files
+    reference.run.store = __import__("recbole_ext.llm.store", fromlist=["x"]).ResponseStore(
         workdir / "uninterrupted.sqlite"
     )
     reference.fit(train, valid)
@@ -307,8 +309,8 @@ def test_stage2_keeps_the_last_epoch_when_the_valid_metric_is_nan(workdir):
     epoch instead of failing (or silently loading an earlier stage's file)."""
     config = tiny_config(workdir, expctr_iterations=0, expctr_lc_epochs=0)
     trainer, train, valid, _ = _trainer(config)
-    trainer.run_dir.mkdir(parents=True)
-    stale = trainer.run_dir / "ctr.pth"
+    trainer.run.folder.mkdir(parents=True)
+    stale = trainer.run.folder / "ctr.pth"
     stale.write_bytes(b"an earlier stage's checkpoint")
     trainer._valid_epoch = lambda *args, **kwargs: (float("nan"), {"auc": float("nan")})
     best, result = trainer.fit(train, valid)

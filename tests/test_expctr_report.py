@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
+from recbole_ext.expctr_results import mean_std
+from recbole_ext.expctr_run import stage_seed
 from recbole_ext.quick_start import build
 from recbole_ext.rl import ctr_messages
 from recbole_ext.rl.ppo import generate_responses
-from recbole_ext.trainer.expctr import ExpCTRTrainer, _stage_seed
+from recbole_ext.trainer.expctr import ExpCTRTrainer
 from tests.conftest import REPO_DIR
 from tests.test_expctr import HashEncoder, tiny_config, tiny_lm
 
@@ -47,7 +49,7 @@ def test_table_rows_take_icl_llm_aug_from_the_runs_and_baselines_from_the_harnes
     assert rows["ExpCTR-Aug"][1] == pytest.approx(
         {"auc": 0.5, "logloss": 0.6, "mae": 0.7, "rmse": 0.8}
     )
-    mean, std = report.mean_std([rows["TALLRec"][s]["auc"] for s in (1, 2)])
+    mean, std = mean_std([rows["TALLRec"][s]["auc"] for s in (1, 2)])
     assert (mean, std) == pytest.approx((0.5, 0.5**0.5 * 0.5))  # ddof 1: sqrt(2 * 0.25^2)
 
 
@@ -58,32 +60,32 @@ def test_icl_explanations_are_the_base_models_whatever_the_adapters(workdir):
     trainer = ExpCTRTrainer(
         config, model, lm=(copy.deepcopy(base), tokenizer), encoder=HashEncoder()
     )
-    samples = trainer._samples(test)[:3]
-    trainer._ensure_policy()
+    samples = trainer.run.samples(test)[:3]
+    trainer.run.load_policy()
     with torch.no_grad():  # adapters as after training: the policy now differs from the base LM
-        for name, p in trainer.policy.named_parameters():
+        for name, p in trainer.run.policy.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.5)
 
-    texts, scores = trainer.explanations_of(samples, "init")
-    kind = f"expctr:{trainer.run_key}:gen:init"
-    torch.manual_seed(config["seed"] + _stage_seed(kind) + 0)
+    texts, scores = trainer.run.explanations_of(samples, "init")
+    kind = f"expctr:{trainer.run.key}:gen:init"
+    torch.manual_seed(config["seed"] + stage_seed(kind) + 0)
     expected = generate_responses(
-        copy.deepcopy(base), tokenizer, [s["prompt"] for s in samples], trainer.ppo
+        copy.deepcopy(base), tokenizer, [s.prompt for s in samples], trainer.run.ppo
     ).texts
     assert texts == expected
-    torch.manual_seed(config["seed"] + _stage_seed(kind) + 0)
+    torch.manual_seed(config["seed"] + stage_seed(kind) + 0)
     adapted = generate_responses(
-        trainer.policy, tokenizer, [s["prompt"] for s in samples], trainer.ppo
+        trainer.run.policy.model, tokenizer, [s.prompt for s in samples], trainer.run.ppo
     ).texts
     assert adapted != expected  # the adapters do change the policy's explanations
-    lc = trainer._yes_no_scores(
-        [ctr_messages(t, s["target_text"], trainer.domain) for s, t in zip(samples, texts)]
+    lc = trainer.run.policy.yes_no_scores(
+        [ctr_messages(t, s.target_text, trainer.run.domain) for s, t in zip(samples, texts)]
     )
     assert scores == pytest.approx(lc)
-    assert trainer.generator_version == "init"
+    assert trainer.run.generator == "init"
     calls = trainer.generate_calls
-    assert trainer.explanations_of(samples, "init") == (texts, scores)  # from the store
+    assert trainer.run.explanations_of(samples, "init") == (texts, scores)  # from the store
     assert trainer.generate_calls == calls
     with pytest.raises(ValueError, match="no stored explanation of 'stage1_lc'"):
-        trainer.explanations_of(samples, "stage1_lc")
+        trainer.run.explanations_of(samples, "stage1_lc")

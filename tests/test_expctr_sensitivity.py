@@ -13,9 +13,15 @@ import yaml
 
 from recbole_ext.benchmark import BenchmarkSpec
 from recbole_ext.config import Config
+from recbole_ext.expctr_results import (
+    adapter_change,
+    sensitivity_axes,
+    sensitivity_rows,
+    sensitivity_summary,
+)
+from recbole_ext.expctr_run import run_key
 from recbole_ext.llm.store import ResponseStore
 from recbole_ext.rl.config import ppo_config
-from recbole_ext.trainer.expctr import run_key
 from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning
 from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
 
@@ -158,7 +164,7 @@ def test_sensitivity_report_from_a_hand_made_results_file_and_store(tmp_path):
         _row("small delta", 1, "k3", auc=1.0, llm_auc=0.0),
     ]
     points = {"paper": (0.05, 1.0), "big beta": (0.5, 1.0), "small delta": (0.05, 0.5)}
-    records = {(r["name"], r["seed"]): r for r in report.sensitivity_rows(rows, points, store)}
+    records = {(r["name"], r["seed"]): r for r in sensitivity_rows(rows, points, store)}
 
     paper, beta = records[("paper", 1)], records[("big beta", 1)]
     assert (paper["lc_reward"], paper["lc_reward_last"]) == pytest.approx((0.6, 0.7))
@@ -173,14 +179,14 @@ def test_sensitivity_report_from_a_hand_made_results_file_and_store(tmp_path):
     unseen = records[("big beta", 2)]
     assert all(math.isnan(unseen[c]) for c in ("lc_reward", "kl_last", "same_rollouts"))
 
-    summary = {s["name"]: s for s in report.sensitivity_summary(list(records.values()))}
+    summary = {s["name"]: s for s in sensitivity_summary(list(records.values()))}
     assert summary["big beta"]["seeds"] == [1, 2]
     assert summary["big beta"]["aug_auc"] == pytest.approx((0.5, 0.5**0.5 / 2))  # ddof 1
     assert summary["big beta"]["same_final"] == pytest.approx((0.5, 0.0))  # NaN of seed 2 dropped
-    axes = report.sensitivity_axes(list(summary.values()), points["paper"])
+    axes = sensitivity_axes(list(summary.values()), points["paper"])
     assert [s["name"] for s in axes["beta"]] == ["paper", "big beta"]
     assert [s["name"] for s in axes["delta"]] == ["small delta", "paper"]
-    no_store = report.sensitivity_rows(rows[1:2], points, None)[0]
+    no_store = sensitivity_rows(rows[1:2], points, None)[0]
     assert math.isnan(no_store["same_final"]) and math.isnan(no_store["lc_reward"])
 
 
@@ -240,14 +246,14 @@ def test_adapter_change_compares_the_lora_b_matrices_of_the_last_ppo_stage(tmp_p
             }
             torch.save({"adapters": adapters}, stage / "generator.pt")
         rows[key] = {"model_file": str(stage.parent / "final_stage2_ctr" / "ctr.pth")}
-    same = report.adapter_change(store, rows["k0"], rows["k0"])
+    same = adapter_change(store, rows["k0"], rows["k0"])
     assert same == {"lora_b_norm": 5.0, "lora_b_change": 0.0}
-    moved = report.adapter_change(store, rows["k1"], rows["k0"])
+    moved = adapter_change(store, rows["k1"], rows["k0"])
     assert moved["lora_b_norm"] == pytest.approx(math.hypot(3, 4.5))
     assert moved["lora_b_change"] == pytest.approx(0.5 / 5.0)
-    missing = report.adapter_change(store, rows["k2"], rows["k0"])
+    missing = adapter_change(store, rows["k2"], rows["k0"])
     assert math.isnan(missing["lora_b_norm"]) and math.isnan(missing["lora_b_change"])
-    assert math.isnan(report.adapter_change(store, rows["k1"], None)["lora_b_change"])
+    assert math.isnan(adapter_change(store, rows["k1"], None)["lora_b_change"])
 
 
 def test_resampling_with_the_runs_own_seed_reproduces_its_test_explanations(workdir, monkeypatch):
@@ -257,22 +263,22 @@ def test_resampling_with_the_runs_own_seed_reproduces_its_test_explanations(work
     trainer, train, valid, test = _trainer(config)
     trainer.fit(train, valid)
     trainer.evaluate(test)
-    generator = trainer.generator_version
-    samples = trainer._samples(test)
-    kind = f"expctr:{trainer.run_key}:gen:{generator}"
-    stored = [trainer.store.get_record(kind, s["key"]) for s in samples]
-    llm_scores = trainer._cached_scores("llm", samples, stored)
+    generator = trainer.run.generator
+    samples = trainer.run.samples(test)
+    kind = f"expctr:{trainer.run.key}:gen:{generator}"
+    stored = [trainer.run.store.get_record(kind, s.key) for s in samples]
+    llm_scores = trainer.run.lc_scores(samples, stored)
 
     fresh, _, _, test = _trainer(config)  # a new process: the generator comes from the run's files
-    samples = fresh._samples(test)
-    own = report.own_sampling_seed(fresh, generator)
-    texts, scores = report.resampled_explanations(fresh, samples, generator, own)
+    samples = fresh.run.samples(test)
+    own = fresh.run.sampling_seed(generator)
+    texts, scores = fresh.run.resample(samples, generator, own)
     assert generator == "iter0_stage3_ic" and texts == stored
     assert scores == pytest.approx(llm_scores)
-    other, _ = report.resampled_explanations(fresh, samples, generator, own + 1)
+    other, _ = fresh.run.resample(samples, generator, own + 1)
     assert other != texts  # another sampling seed, other explanations of the same generator
 
     import recbole_ext.rl.ppo as ppo
 
     monkeypatch.setattr(ppo, "generate_responses", None)  # cached now: no generation at all
-    assert report.resampled_explanations(fresh, samples, generator, own) == (texts, scores)
+    assert fresh.run.resample(samples, generator, own) == (texts, scores)

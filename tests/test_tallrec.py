@@ -129,8 +129,8 @@ def test_untrained_tallrec_is_expctrs_icl_on_the_same_samples(workdir):
     trainer = ExpCTRTrainer(
         expctr, ctr_model, lm=(copy.deepcopy(base), tokenizer), encoder=HashEncoder()
     )
-    samples = trainer._samples(test)
-    icl = trainer._yes_no_scores([s["icl_prompt"] for s in samples])
+    samples = trainer.run.samples(test)
+    icl = trainer.run.load_policy().yes_no_scores([s.icl_prompt for s in samples])
 
     tallrec, _, _, tallrec_test = _model(
         Config(
@@ -145,7 +145,7 @@ def test_untrained_tallrec_is_expctrs_icl_on_the_same_samples(workdir):
         )
     )
     interaction = tallrec_test._dataset.inter_feat
-    assert tallrec.messages(interaction) == [s["icl_prompt"] for s in samples]
+    assert tallrec.messages(interaction) == [s.icl_prompt for s in samples]
     assert tallrec.predict(interaction).tolist() == pytest.approx(icl, abs=1e-6)
 
 
