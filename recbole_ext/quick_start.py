@@ -31,10 +31,10 @@ def build(config: Config):
     dataset = create_dataset(config)
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
-    if config["eval_candidates_file"]:
-        config["eval_candidates"] = fix_candidates(
-            config["eval_candidates_file"], config["seed"], valid=valid_data, test=test_data
-        )
+    # sampled evaluation: the same negatives at every evaluation (eval_neg_sampling, candidates.py)
+    config["eval_candidates"] = fix_candidates(
+        config["eval_candidates_file"], config["seed"], valid=valid_data, test=test_data
+    )
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     getLogger().info(model)
