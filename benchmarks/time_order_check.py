@@ -11,6 +11,8 @@ every float field (``normalize_all: True``: timestamps become (t - min) / (max -
 of ~1 s); ``--normalize_all=False`` keeps raw timestamps (64 s steps near 8.8e8 s), as the
 LR-Recsys protocol and datasets without that preset do. ``both`` (default) reports both.
 Also counts, from the raw file, the users whose latest float32 time step holds several true times.
+``--lrrecsys`` also compares the LR-Recsys samples of the 40-user preset (raw timestamps, each
+sample's last 5 items before it; ``DIN`` builds them, as every model on that protocol).
 """
 
 from __future__ import annotations
@@ -80,11 +82,39 @@ def tied_latest_steps(dataset: str) -> int:
     return int((latest.groupby(user)[time].nunique() > 1).sum())
 
 
+def lrrecsys_changes(dataset: str) -> dict[str, int]:
+    """LR-Recsys 40-user preset samples whose history or split differ between the two orders."""
+
+    def samples(time_order: str) -> dict:
+        overrides = {
+            "eval_protocol": "lrrecsys",
+            "lrrecsys_max_users": 40,
+            "lrrecsys_max_user_interactions": 20,
+            "time_order": time_order,
+            "state": "WARNING",
+        }
+        config = Config("DIN", dataset, config_dict=overrides)
+        built = create_dataset(config)
+        data_preparation(config, built)
+        table = built.samples
+        rows = zip(table.users, table.items, table.histories, table.split, strict=True)
+        return {(u, i): (h, int(s)) for u, i, h, s in rows}
+
+    recbole, exact = samples("recbole"), samples("exact")
+    return {
+        "samples": len(exact),
+        "new_samples": len(set(exact) - set(recbole)),
+        "histories_changed": sum(exact[k][0] != recbole.get(k, (None,))[0] for k in exact),
+        "splits_changed": sum(exact[k][1] != recbole.get(k, (None, None))[1] for k in exact),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--model", default="SASRec", help="a sequential or general model")
     parser.add_argument("--normalize_all", choices=["both", "True", "False"], default="both")
+    parser.add_argument("--lrrecsys", action="store_true", help="also the LR-Recsys samples")
     args = parser.parse_args(argv)
     settings = [True, False] if args.normalize_all == "both" else [args.normalize_all == "True"]
     print(
@@ -99,6 +129,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{counts['test_targets_changed']}, the validation target of "
             f"{counts['valid_targets_changed']} and the test history of "
             f"{counts['test_histories_changed']}"
+        )
+    if args.lrrecsys:
+        counts = lrrecsys_changes(args.dataset)
+        print(
+            f"LR-Recsys 40-user preset on {args.dataset}: of {counts['samples']} samples, "
+            f"{counts['new_samples']} are new (a user's first view changed), "
+            f"{counts['histories_changed']} have another history, "
+            f"{counts['splits_changed']} another split (or are new)"
         )
 
 
