@@ -38,6 +38,7 @@ from recbole_ext.config_checks import (
     known_keys,
     parse_overrides,
     unknown_keys_message,
+    yaml_keys,
 )
 from recbole_ext.data.atomic_files import interaction_files, read_header
 from recbole_ext.utils import get_model
@@ -172,6 +173,15 @@ class Config(RecBoleConfig):
         except ImportError:  # an optional package (xgboost, lightgbm) missing: fails later
             trainer_class = None
         known = known_keys(set(self.internal_config_dict), self.model_class, trainer_class)
+        # a dataset class of one of our models (ExpCTRDataset: ExpCTR's samples for a baseline)
+        # reads that model's keys (expctr_max_samples, ...), declared in the model's yaml
+        dataset_class = self.external_config_dict.get(
+            "dataset_class", self.internal_config_dict.get("dataset_class")
+        )
+        if dataset_class and dataset_class.endswith("Dataset"):
+            owner = PROPERTIES_DIR / "model" / f"{dataset_class.removesuffix('Dataset')}.yaml"
+            if owner.is_file():
+                known |= yaml_keys(owner)
         for key, where in self._key_sources.items():
             problem = credential_problem(key, self.external_config_dict[key], known)
             if problem:

@@ -156,7 +156,8 @@ def test_settings_fail_with_the_fix(workdir):
         TALLRecConfig(pos_tokens=("Yes",), neg_tokens=("Yes", "No"))
     with pytest.raises(ValueError, match="expctr_domain"):
         TALLRecConfig(domain="music")
-    config = _config(workdir, dataset_class=None)  # RecBole's plain dataset: no histories
+    # RecBole's plain dataset: no histories (and _config's ExpCTR sample keys go unused)
+    config = _config(workdir, dataset_class=None, allow_unknown_keys=True)
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     with pytest.raises(TypeError, match="dataset_class: ExpCTRDataset"):
