@@ -28,6 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import (
+    log_loss,
+    mean_absolute_error,
+    roc_auc_score,
+    root_mean_squared_error,
+)
 
 from recbole_ext.expctr_run import ExpCTRRun, StoredRun, is_ppo_stage, stage_names
 
@@ -38,26 +44,20 @@ TRAJECTORY_FIELDS += ("vf_loss", "clipfrac", "approx_kl", "response_tokens")
 
 
 def ctr_metrics(labels, scores) -> dict[str, float]:
-    """AUC, LogLoss, MAE, RMSE as RecBole computes them (LogLoss clipped at 1e-15).
+    """AUC, LogLoss, MAE, RMSE as RecBole computes them (scikit-learn; scores clipped to
+    [1e-15, 1 - 1e-15] for LogLoss, as RecBole does; AUC is NaN when one class is missing).
 
     >>> ctr_metrics([1, 0, 1, 0], [0.9, 0.2, 0.4, 0.6])["auc"]
     0.75
     """
     y = np.asarray(labels, dtype=float)
     s = np.asarray(scores, dtype=float)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) and len(neg):  # Mann-Whitney: P(score_pos > score_neg), ties count half
-        greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-        auc = float(greater / (len(pos) * len(neg)))
-    else:
-        auc = float("nan")
-    clipped = np.clip(s, 1e-15, 1 - 1e-15)
-    logloss = float(np.mean(-y * np.log(clipped) - (1 - y) * np.log(1 - clipped)))
+    auc = float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else float("nan")
     return {
         "auc": auc,
-        "logloss": logloss,
-        "mae": float(np.mean(np.abs(y - s))),
-        "rmse": float(np.sqrt(np.mean((y - s) ** 2))),
+        "logloss": float(log_loss(y, np.clip(s, 1e-15, 1 - 1e-15), labels=[0, 1])),
+        "mae": float(mean_absolute_error(y, s)),
+        "rmse": float(root_mean_squared_error(y, s)),
     }
 
 
