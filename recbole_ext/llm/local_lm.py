@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .assets import default_gguf_path
@@ -164,10 +164,8 @@ def next_token_top_logprobs(
     out: dict[str, float] = {}
     for value, index in zip(values.tolist(), indices.tolist(), strict=True):
         token = tokenizer.decode([index])
-        if token in out:  # two ids with one text: merge as llama.cpp's dict would not
-            high, low = max(out[token], value), min(out[token], value)
-            value = high + math.log1p(math.exp(low - high))
-        out[token] = value
+        # two ids with one text: merge (log-sum-exp) as llama.cpp's dict would not
+        out[token] = float(np.logaddexp(out[token], value)) if token in out else value
     return out
 
 

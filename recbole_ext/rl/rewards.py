@@ -16,6 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+from scipy.special import expit
+
 
 def lc_score(
     yes_scores: Sequence[float], no_scores: Sequence[float], temperature: float = 1.0
@@ -29,12 +32,10 @@ def lc_score(
     """
     if temperature <= 0:
         raise ValueError(f"temperature={temperature}: set a positive softmax temperature T.")
-    scores = []
-    for yes, no in zip(yes_scores, no_scores, strict=True):
-        z = (yes - no) / temperature
-        # sigmoid written for both signs so that large |z| neither overflows nor loses precision
-        scores.append(1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z)))
-    return scores
+    if len(yes_scores) != len(no_scores):
+        raise ValueError(f"{len(yes_scores)} Yes scores but {len(no_scores)} No scores")
+    z = (np.asarray(yes_scores, float) - np.asarray(no_scores, float)) / temperature
+    return expit(z).tolist()  # a stable sigmoid: no overflow for large |z|
 
 
 def lc_reward(labels: Sequence[float], scores: Sequence[float]) -> list[float]:
