@@ -3,6 +3,8 @@
     python benchmarks/autodisenseq_loss_diagnostic.py [--batches 600] [--every 150] \
         [--settings A,B,...] [--output benchmarks/results/autodisenseq_ml100k/loss_diagnostic.json]
 
+Run from the repository root (the benchmark imports ``autodisenseq_speed`` beside it).
+
 Trains four settings of the fixed SASRec-like architecture (Table 3 row 2 without search) on
 ml-100k for the same first ``--batches`` mini-batches of 256 (seed 2020, Adam lr 0.001) and
 prints, every ``--every`` batches, the S2I and S2S losses of the last mini-batch and the
@@ -18,7 +20,15 @@ one fixed mini-batch of training sequences (does the model rank by (inverse) pop
 - F: disentangled, S2I only, S2I softmax over all items (``s2i_negatives: all``)
 - G: disentangled + S2S (λ = 0.5), S2I softmax over all items
 
-``--output`` adds the settings run to the file's curves (same name: replaced).
+A-G compare LN1(z)·LN2(c)/√D in Eq. 4 (``intent_similarity: dot``) and start both β sets at zero
+(``beta_init: zero``), as they were first measured. H-K use the paper's cosine (§4.1.2):
+
+- H: disentangled, S2I only, cosine, β from zero
+- I: disentangled, S2I only, cosine, random β (the authors' N(0, 1/D))
+- J: disentangled + S2S (λ = 0.5), cosine, random β — Table 3 row (2)'s model as the paper has it
+- K: disentangled + S2S (λ = 0.5), cosine, β from zero
+
+``--output`` adds each setting's curve to the file as soon as it is done (same name: replaced).
 """
 
 from __future__ import annotations
@@ -35,14 +45,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from autodisenseq_speed import setup  # noqa: E402
 
+DOT = {"intent_similarity": "dot", "beta_init": "zero"}  # Eq. 4 as first implemented
+COSINE = {"intent_similarity": "cosine"}
 SETTINGS = {
-    "A disentangled + S2S": {},
-    "B disentangled, S2I only": {"lambda_s2s": 0.0},
-    "C not disentangled, S2I only": {"disentangle": False, "lambda_s2s": 0.0},
-    "D not disentangled + S2S": {"disentangle": False},
-    "E disentangled + S2S, lambda 0.1": {"lambda_s2s": 0.1},
-    "F disentangled, S2I only over all items": {"lambda_s2s": 0.0, "s2i_negatives": "all"},
-    "G disentangled + S2S, S2I over all items": {"s2i_negatives": "all"},
+    "A disentangled + S2S": {**DOT},
+    "B disentangled, S2I only": {**DOT, "lambda_s2s": 0.0},
+    "C not disentangled, S2I only": {**DOT, "disentangle": False, "lambda_s2s": 0.0},
+    "D not disentangled + S2S": {**DOT, "disentangle": False},
+    "E disentangled + S2S, lambda 0.1": {**DOT, "lambda_s2s": 0.1},
+    "F disentangled, S2I only over all items": {**DOT, "lambda_s2s": 0.0, "s2i_negatives": "all"},
+    "G disentangled + S2S, S2I over all items": {**DOT, "s2i_negatives": "all"},
+    "H disentangled, S2I only, cosine, zero beta": {**COSINE, "beta_init": "zero", "lambda_s2s": 0},
+    "I disentangled, S2I only, cosine, random beta": {
+        **COSINE,
+        "beta_init": "random",
+        "lambda_s2s": 0,
+    },
+    "J disentangled + S2S, cosine, random beta": {**COSINE, "beta_init": "random"},
+    "K disentangled + S2S, cosine, zero beta": {**COSINE, "beta_init": "zero"},
 }
 
 
@@ -69,7 +89,9 @@ def popularity_correlation(model, probe, frequency: torch.Tensor) -> float:
 
 def run_setting(overrides: dict, batches: int, every: int) -> list[dict]:
     trainer, train_data, valid_data = setup(
-        "AutoDisenSeq", "ml-100k", {"n_layers": 4, "arch_search": False, **overrides}
+        "AutoDisenSeq",
+        "ml-100k",
+        {"n_layers": 4, "arch_search": False, "pretrain_epochs": 0, **overrides},
     )
     model, arch = trainer.model, trainer.model.architecture
     valid_batches = list(valid_data)  # one draw of the pop100 candidates for every evaluation
@@ -128,15 +150,15 @@ def main(argv=None):
         print(name, flush=True)
         curves[name] = run_setting(overrides, args.batches, args.every)
         print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+        if args.output:  # after every setting: a stopped run keeps the finished curves
+            path = Path(args.output)
+            stored = json.loads(path.read_text()) if path.is_file() else {}
+            path.write_text(json.dumps({**stored, name: curves[name]}, indent=2) + "\n")
     first = next(iter(curves.values()))
     print("\nsetting | " + " | ".join(f"NDCG@10 (pop_corr) @{p['batch']}" for p in first))
     for name, curve in curves.items():
         cells = (f"{p['ndcg@10']:.4f} ({p['pop_corr']:+.2f})" for p in curve)
         print(f"{name} | " + " | ".join(cells))
-    if args.output:
-        path = Path(args.output)
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-        path.write_text(json.dumps({**stored, **curves}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

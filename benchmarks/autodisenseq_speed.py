@@ -2,6 +2,7 @@
 
     python benchmarks/autodisenseq_speed.py [--dataset ml-100k] [--batches N] [--archs 20]
     python benchmarks/autodisenseq_speed.py --dropout      # FastDropout vs nn.Dropout only
+    python benchmarks/autodisenseq_speed.py --pipeline [--stage-epochs 2]   # the preset's stages
 
 Times one training epoch (or its first N mini-batches, the same N for every model) of
 1. RecBole's SASRec (hidden 64, 2 single-head blocks, inner 256, batch 256, max length 50),
@@ -13,6 +14,11 @@ search with the model's defaults (population 20, 5 generations; children reuse t
 outputs of the prefixes they share with evaluated architectures), and the process's peak resident
 memory.
 Targets (issue 5): ratios ≤ 2.0, ≥ 5 architectures/s, peak ≤ 4 GiB.
+
+``--pipeline`` runs the authors' recipe (``--preset=autodisenseq_authors``) end to end for the
+DSSRec row (fixed architecture) and the AutoDisenSeq row (supernet, search), ``--stage-epochs``
+epochs per stage, and prints the seconds of every pre-training epoch, the search, every
+fine-tuning epoch and every validation, with what the preset's 300 + 300 epochs would take.
 """
 
 from __future__ import annotations
@@ -22,15 +28,15 @@ import itertools
 import random
 import resource
 import time
+from statistics import mean
 
 import torch
-from recbole.data import data_preparation
-from recbole.utils import init_seed
 
 from recbole_ext.config import Config
 from recbole_ext.model.layers import FastDropout
 from recbole_ext.model.nas.evolution import evolutionary_search
-from recbole_ext.utils import create_dataset, get_model, get_trainer
+from recbole_ext.quick_start import build
+from recbole_ext.utils import get_trainer
 
 COMMON = {
     "hidden_size": 64,
@@ -62,14 +68,72 @@ class FirstBatches:
 
 
 def setup(model_name, dataset, overrides):
+    """Trainer, train and validation data of one run, built as ``run_recbole_ext.py`` builds
+    them (:func:`recbole_ext.quick_start.build`: the evaluation's fixed candidates included)."""
     config = Config(model_name, dataset, config_dict={**COMMON, **overrides})
-    init_seed(config["seed"], config["reproducibility"])
-    data = create_dataset(config)
-    train_data, valid_data, _ = data_preparation(config, data)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+    _, model, train_data, valid_data, _ = build(config)
     trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
     return trainer, train_data, valid_data
+
+
+def pipeline_seconds(dataset: str, stage_epochs: int, arch_search: bool) -> dict:
+    """Run the preset's stages with ``stage_epochs`` epochs each; their seconds."""
+    overrides = {
+        "preset": "autodisenseq_authors",
+        "hidden_dropout_prob": 0.5,  # the preset's, over COMMON's
+        "attn_dropout_prob": 0.5,
+        "arch_search": arch_search,
+        "pretrain_epochs": stage_epochs,
+        "epochs": stage_epochs,
+        "render_arch": False,
+    }
+    trainer, train_data, valid_data = setup("AutoDisenSeq", dataset, overrides)
+    valid_seconds, valid_epoch = [], trainer._valid_epoch
+
+    def timed_valid_epoch(*args, **kwargs):
+        start = time.perf_counter()
+        result = valid_epoch(*args, **kwargs)
+        valid_seconds.append(time.perf_counter() - start)
+        return result
+
+    trainer._valid_epoch = timed_valid_epoch
+    start = time.perf_counter()
+    trainer.fit(train_data, valid_data, verbose=False, saved=False)
+    rows = trainer.rows(train_data)
+    return {
+        "total": time.perf_counter() - start,
+        "pretrain": trainer.epoch_seconds["pretrain"],
+        "windows": rows.windows.size(0),
+        "users": len(rows.last),
+        "search": trainer.search_seconds,
+        "searched": 0 if trainer.search_result is None else len(trainer.search_result.history),
+        "finetune": trainer.epoch_seconds["finetune"],
+        "valid": valid_seconds,
+        "steps_per_batch": trainer.pretrain_steps_per_batch,
+        "batch_size": trainer.config["train_batch_size"],
+    }
+
+
+def print_pipeline(name: str, t: dict, full_epochs: int = 300) -> None:
+    batches = -(-t["windows"] // t["batch_size"])
+    steps = batches * t["steps_per_batch"]
+    pre, fine, valid = mean(t["pretrain"]), mean(t["finetune"]), mean(t["valid"])
+    print(f"{name}: {t['total']:.0f} s in all")
+    print(
+        f"  pre-training epoch  {pre:7.1f} s  ({t['windows']} windows = {batches} batches x "
+        f"{t['steps_per_batch']} = {steps} steps; epochs: "
+        + ", ".join(f"{x:.1f}" for x in t["pretrain"])
+        + ")"
+    )
+    if t["search"] is not None:
+        print(f"  search              {t['search']:7.1f} s  ({t['searched']} architectures)")
+    print(
+        f"  fine-tuning epoch   {fine:7.1f} s  ({t['users']} rows: each user's last prefix; "
+        "epochs: " + ", ".join(f"{x:.1f}" for x in t["finetune"]) + ")"
+    )
+    print(f"  validation          {valid:7.1f} s  (per fine-tuning epoch)")
+    hours = (full_epochs * (pre + fine + valid) + (t["search"] or 0.0)) / 3600
+    print(f"  the preset's {full_epochs} + {full_epochs} epochs: about {hours:.1f} h")
 
 
 def epoch_seconds(trainer, train_data, n_batches, sample=False):
@@ -99,8 +163,18 @@ def main(argv=None):
     parser.add_argument("--archs", type=int, default=20, help="architectures to evaluate")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--dropout", action="store_true", help="time the dropout layers only")
+    parser.add_argument("--pipeline", action="store_true", help="time the preset's stages")
+    parser.add_argument("--stage-epochs", type=int, default=2, help="--pipeline: epochs/stage")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.pipeline:
+        print(
+            f"--preset=autodisenseq_authors on {args.dataset}, {args.stage_epochs} epochs per "
+            f"stage, {args.threads} thread(s)"
+        )
+        for name, search in (("DSSRec row (fixed architecture)", False), ("AutoDisenSeq", True)):
+            print_pipeline(name, pipeline_seconds(args.dataset, args.stage_epochs, search))
+        return
     if args.dropout:
         slow, fast = dropout_ms(torch.nn.Dropout(0.2)), dropout_ms(FastDropout(0.2))
         print(

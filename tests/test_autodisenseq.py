@@ -8,10 +8,12 @@ import random
 from pathlib import Path
 
 import pytest
+import recbole.trainer.trainer as recbole_trainer_module
 import torch
 import yaml
 from recbole.data import data_preparation
 from recbole.utils import init_seed
+from scipy.stats import chisquare
 
 import recbole_ext
 import recbole_ext.data.seq2seq as seq2seq_module
@@ -20,8 +22,15 @@ import recbole_ext.model.nas.space as space_module
 import recbole_ext.model.sequential_recommender.autodisenseq as model_module
 import recbole_ext.trainer.autodisenseq as trainer_module
 from recbole_ext.config import Config
-from recbole_ext.data.seq2seq import FUTURE_FIELD, FUTURE_LENGTH_FIELD, reversed_futures
-from recbole_ext.model.layers import FastDropout, IntentionDisentanglement
+from recbole_ext.data.seq2seq import (
+    FUTURE_FIELD,
+    FUTURE_LENGTH_FIELD,
+    NEGATIVES_FIELD,
+    PopularityNegatives,
+    TrainingRows,
+    reversed_futures,
+)
+from recbole_ext.model.layers import FastDropout, IntentionDisentanglement, intent_logits
 from recbole_ext.model.nas.evolution import evolutionary_search
 from recbole_ext.model.nas.render import render_architecture
 from recbole_ext.model.nas.space import (
@@ -35,13 +44,14 @@ from recbole_ext.model.nas.space import (
 from recbole_ext.model.nas.supernet import AttentionSupernet, arch_parameter_keys
 from recbole_ext.model.sequential_recommender.autodisenseq import (
     AutoDisenSeq,
+    finetune_bce_loss,
     s2i_loss,
     s2s_keep_mask,
     s2s_loss,
     s2s_terms,
 )
-from recbole_ext.quick_start import load_data_and_model, run
-from recbole_ext.trainer.autodisenseq import AutoDisenSeqTrainer
+from recbole_ext.quick_start import build, load_data_and_model, run
+from recbole_ext.trainer.autodisenseq import FINETUNE, PRETRAIN, SEARCH, AutoDisenSeqTrainer
 from recbole_ext.utils import create_dataset
 from tests.conftest import TINY_DATA, TINY_YAML, assert_metrics_valid
 
@@ -126,18 +136,26 @@ def test_sasrec_like_architecture():
 
 
 # --- Eq. 4-6 -------------------------------------------------------------------------------------
-def _naive_disentangle(layer, z, lengths, beta_set):
-    """Eq. (4)-(6) with explicit loops over sequences, positions and prototypes."""
+def _naive_disentangle(layer, z, lengths, beta_set, alpha_index=None):
+    """Eq. (4)-(6) with explicit loops over sequences, positions and prototypes; Eq. 4 compares
+    with the cosine or the dot product as the layer says; ``alpha_index(n, s)``: α's row for
+    position s of sequence n (default s)."""
     batch, _, dim = z.shape
     K = layer.prototypes.shape[0]
+    alpha_index = alpha_index or (lambda n, s: s)
     out = torch.zeros(batch, K, dim)
+
+    def similarity(a, b):
+        dot = torch.dot(a, b)
+        return dot if layer.similarity == "dot" else dot / (a.norm() * b.norm())
+
     for n in range(batch):
         m = int(lengths[n])
         c = [layer.ln2(layer.prototypes[k]) for k in range(K)]
-        z_big_m = layer.alpha.weight[m - 1] + z[n, m - 1] + layer.b_prime
+        z_big_m = layer.alpha.weight[alpha_index(n, m - 1)] + z[n, m - 1] + layer.b_prime
         q_logits = []
         for s in range(m):
-            h = layer.ln4(layer.alpha.weight[s] + z[n, s])
+            h = layer.ln4(layer.alpha.weight[alpha_index(n, s)] + z[n, s])
             z_prime = h + torch.relu(layer.transform(h))
             q_logits.append(torch.dot(z_prime, layer.ln3(z_big_m)) / math.sqrt(dim))
         q = torch.softmax(torch.stack(q_logits), 0)
@@ -145,17 +163,19 @@ def _naive_disentangle(layer, z, lengths, beta_set):
             acc = torch.zeros(dim)
             for i in range(m):
                 logits = torch.stack(
-                    [torch.dot(layer.ln1(z[n, i]), c[s]) / math.sqrt(dim) for s in range(K)]
+                    [similarity(layer.ln1(z[n, i]), c[s]) / math.sqrt(dim) for s in range(K)]
                 )
                 acc = acc + torch.softmax(logits, 0)[k] * q[i] * z[n, i]
             out[n, k] = layer.ln5(layer.beta[beta_set[n], k] + acc)
     return out
 
 
-@pytest.fixture
-def disentangle_case():
+@pytest.fixture(params=["cosine", "dot"])
+def disentangle_case(request):
     torch.manual_seed(0)
-    layer = IntentionDisentanglement(hidden_size=8, n_intents=3, max_len=5, layer_norm_eps=1e-12)
+    layer = IntentionDisentanglement(
+        hidden_size=8, n_intents=3, max_len=5, layer_norm_eps=1e-12, similarity=request.param
+    )
     with torch.no_grad():  # non-trivial parameters everywhere
         for p in layer.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -181,6 +201,64 @@ def test_disentanglement_matches_naive_loops(disentangle_case):
     phi = layer(z, lengths, beta_set)
     assert phi.shape == (3, 3, 8)
     torch.testing.assert_close(phi, _naive_disentangle(layer, z, lengths, beta_set))
+    # α indexed from the newest item: position s of an m-item sequence uses α_{L - m + s}
+    newest = (5 - lengths.unsqueeze(1) + torch.arange(5)).clamp(0, 4)  # (B, L)
+    phi_newest = layer(z, lengths, beta_set, newest)
+    expected = _naive_disentangle(layer, z, lengths, beta_set, lambda n, s: 5 - int(lengths[n]) + s)
+    torch.testing.assert_close(phi_newest, expected)
+    assert not torch.allclose(phi_newest[1:], phi[1:])  # shorter sequences move
+    torch.testing.assert_close(phi_newest[0], phi[0])  # a full sequence is indexed alike
+
+
+def test_eq4_cosine_on_hand_made_tensors():
+    z = torch.tensor([[[3.0, 4.0], [0.0, -2.0], [0.0, 0.0]]])  # (1, 3, 2)
+    c = torch.tensor([[4.0, 3.0], [0.0, 1.0], [-3.0, -4.0]])  # (3, 2)
+    cosine = [[24 / 25, 4 / 5, -1.0], [-6 / 10, -1.0, 8 / 10], [0.0, 0.0, 0.0]]
+    dot = [[24.0, 4.0, -25.0], [-6.0, -2.0, 8.0], [0.0, 0.0, 0.0]]
+    root = math.sqrt(2)  # 1/√D, D = 2
+    torch.testing.assert_close(intent_logits(z, c, "cosine"), torch.tensor([cosine]) / root)
+    torch.testing.assert_close(intent_logits(z, c, "dot"), torch.tensor([dot]) / root)
+    # the cosine ignores lengths, the dot product does not
+    torch.testing.assert_close(intent_logits(5 * z, c / 3, "cosine"), intent_logits(z, c, "cosine"))
+    torch.testing.assert_close(intent_logits(5 * z, c, "dot"), 5 * intent_logits(z, c, "dot"))
+    with pytest.raises(ValueError, match="intent_similarity"):
+        intent_logits(z, c, "euclidean")
+    with pytest.raises(ValueError, match="intent_similarity"):
+        IntentionDisentanglement(4, 2, 5, 1e-12, similarity="cos")
+    # Eq. 4 of the layer: softmax_k of those logits after LN1/LN2 (identity-free inputs here)
+    layer = IntentionDisentanglement(2, 3, 3, 1e-12, similarity="cosine")
+    with torch.no_grad():
+        layer.prototypes.copy_(c)
+    q_k, _ = layer.weights(z, torch.tensor([3]))
+    expected = torch.softmax(intent_logits(layer.ln1(z), layer.ln2(c), "cosine"), -1)
+    torch.testing.assert_close(q_k, expected)
+
+
+def test_beta_initialisation_differs_per_intent():
+    torch.manual_seed(0)
+    dim, intents = 64, 4
+    layer = IntentionDisentanglement(dim, intents, 10, 1e-12, beta_init="random")
+    beta = layer.beta.detach()  # (2, K, D)
+    for s in range(2):
+        for k in range(intents):
+            for j in range(k):
+                assert not torch.allclose(beta[s, k], beta[s, j])
+    assert not torch.allclose(beta[0], beta[1])
+    assert abs(float(beta.std()) * math.sqrt(dim) - 1.0) < 0.1  # the authors' std 1/√D
+    assert abs(float(beta.mean())) < 0.02
+    zero = IntentionDisentanglement(dim, intents, 10, 1e-12, beta_init="zero")
+    assert torch.equal(zero.beta.detach(), torch.zeros(2, intents, dim))
+    with pytest.raises(ValueError, match="beta_init"):
+        IntentionDisentanglement(dim, intents, 10, 1e-12, beta_init="normal")
+    # with the cosine's flat q^(k), zero β leaves the K outputs almost equal; random β does not
+    z, lengths, rows = torch.randn(16, 10, dim), torch.full((16,), 10), torch.zeros(16).long()
+
+    def spread(module):
+        with torch.no_grad():
+            phi = module(z, lengths, rows)  # (B, K, D)
+        return float((phi - phi.mean(1, keepdim=True)).norm(dim=-1).mean())
+
+    assert spread(layer) > 5 * spread(zero)
 
 
 def test_padding_content_does_not_change_phi(disentangle_case):
@@ -571,9 +649,8 @@ def _tiny_run(tiny_cli, *args):
 
 def test_search_run_then_fixed_arch_reproduces(tiny_cli, workdir):
     small = ["--n_layers=2", "--hidden_size=16", "--inner_size=32", "--epochs=1"]
-    search = _tiny_run(
-        tiny_cli, *small, "--supernet_epochs=1", "--search_population=3", "--search_generations=1"
-    )
+    small += ["--pretrain_epochs=1"]
+    search = _tiny_run(tiny_cli, *small, "--search_population=3", "--search_generations=1")
     assert_metrics_valid(search["test_result"], METRICS)
     arch_file = search["model_file"].replace(".pth", ".arch.json")
     arch, _ = load_arch(arch_file)
@@ -591,9 +668,14 @@ def test_search_run_then_fixed_arch_reproduces(tiny_cli, workdir):
     assert first["valid_result"] == second["valid_result"]
 
 
-def test_table3_ablation_row1_runs(tiny_cli):
+def test_s2i_only_row_runs(tiny_cli):
     result = _tiny_run(
-        tiny_cli, "--disentangle=False", "--lambda_s2s=0", "--arch_search=False", "--n_layers=2"
+        tiny_cli,
+        "--disentangle=False",
+        "--lambda_s2s=0",
+        "--arch_search=False",
+        "--pretrain_epochs=0",
+        "--n_layers=2",
     )
     assert_metrics_valid(result["test_result"], METRICS)
     assert result["config"]["n_intents"] == 4  # K is ignored: φ = z_m
@@ -635,3 +717,355 @@ def test_search_fitness_equals_recbole_scoring_on_the_same_candidates(tiny_data,
     fresh = trainer.architecture_fitness(valid_data, batches)
     assert math.isclose(fast(other), fresh(other), abs_tol=1e-6)
     assert math.isclose(fast(other), recbole_path(other), abs_tol=1e-6)
+
+
+# --- the authors' pipeline: fine-tuning loss, negatives, rows, stages -------------------------------
+def test_finetune_bce_matches_naive_loop(tiny_data):
+    torch.manual_seed(3)
+    phi, positive, negatives = torch.randn(4, 3, 5), torch.randn(4, 5), torch.randn(4, 6, 5)
+
+    def naive(phi, positive, negatives):
+        def score(b, e):  # max over the K intents of e·φ^(k)
+            return max(float(e @ phi[b, k]) for k in range(phi.size(1)))
+
+        total = 0.0
+        for b in range(phi.size(0)):
+            total -= math.log(1 / (1 + math.exp(-score(b, positive[b]))))
+            for j in range(negatives.size(1)):
+                total -= math.log(1 - 1 / (1 + math.exp(-score(b, negatives[b, j]))))
+        return total / phi.size(0)
+
+    loss = finetune_bce_loss(phi, positive, negatives)
+    assert math.isclose(float(loss), naive(phi, positive, negatives), rel_tol=1e-5)
+    assert math.isfinite(float(finetune_bce_loss(100 * phi, positive, negatives)))  # softplus
+    # the model's loss: its φ, its item embeddings, the negatives the trainer put in the batch
+    _, (train_data, _, _) = tiny_data
+    model = _model(tiny_data).eval()
+    batch = train_data._dataset.inter_feat[torch.arange(6)]
+    batch[NEGATIVES_FIELD] = torch.randint(1, model.n_items, (6, 5))
+    with torch.no_grad():
+        phi = model.forward(batch["item_id_list"], batch["item_length"])
+        expected = naive(
+            phi,
+            model.item_embedding(batch["item_id"]),
+            model.item_embedding(batch[NEGATIVES_FIELD]),
+        )
+        assert math.isclose(float(model.calculate_finetune_loss(batch)), expected, rel_tol=1e-5)
+
+
+def test_popularity_negatives_are_unseen_and_popularity_distributed():
+    history = {0: [1, 2], 1: [1, 3, 5], 2: [3, 4, 5], 3: [1, 5, 6], 4: [5, 3]}
+    users = torch.tensor([u for u, items in history.items() for _ in items])
+    items = torch.tensor([i for items in history.values() for i in items])
+    sampler = PopularityNegatives(users, items, n_items=8)  # item 7 never occurs: never drawn
+    assert sampler.frequency.tolist() == [0, 3, 1, 3, 1, 4, 1, 0]
+    draws = sampler.sample(torch.tensor([0, 2, 0]), 6000, torch.Generator().manual_seed(0))
+    assert draws.shape == (3, 6000)
+    for row, user in enumerate([0, 2, 0]):
+        assert not set(draws[row].tolist()) & set(history[user]), user  # never seen
+        assert not set(draws[row].tolist()) & {0, 7}  # padding and unseen-by-anyone items
+    # user 0: items 3, 4, 5, 6 with weights 3, 1, 4, 1 (χ² goodness of fit, 12,000 draws)
+    counts = torch.bincount(draws[[0, 2]].flatten(), minlength=8)[[3, 4, 5, 6]].double()
+    expected = torch.tensor([3.0, 1.0, 4.0, 1.0], dtype=torch.float64) / 9 * counts.sum()
+    assert chisquare(counts.numpy(), expected.numpy()).pvalue > 0.01
+    uniform = torch.full(
+        (4,), counts.sum().item() / 4, dtype=torch.float64
+    )  # the test has power: not uniform
+    assert chisquare(counts.numpy(), uniform.numpy()).pvalue < 1e-6
+    # user 2: items 1, 2, 6 with weights 3, 1, 1
+    counts = torch.bincount(draws[1], minlength=8)[[1, 2, 6]].double()
+    expected = torch.tensor([3.0, 1.0, 1.0], dtype=torch.float64) / 5 * counts.sum()
+    assert chisquare(counts.numpy(), expected.numpy()).pvalue > 0.01
+    # same generator seed, same draws
+    again = sampler.sample(torch.tensor([0, 2, 0]), 6000, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+    everything = PopularityNegatives(torch.zeros(6).long(), torch.arange(1, 7), n_items=7)
+    with pytest.raises(ValueError, match="user 0 interacted with every item"):
+        everything.sample(torch.tensor([0]), 1)
+
+
+def test_training_rows_rebuild_sequences_windows_cuts_and_last_prefixes(tiny_data):
+    config, (train_data, valid_data, _) = tiny_data
+    dataset = train_data._dataset
+    inter = dataset.inter_feat
+    max_len, step = config["MAX_ITEM_LIST_LENGTH"], 10
+    rows = TrainingRows(dataset, max_len, step)
+    valid = valid_data._dataset.inter_feat
+    long_users = 0
+    for user in inter["user_id"].unique().tolist():
+        mine = (inter["user_id"] == user).nonzero().flatten()
+        sequence = [int(inter["item_id_list"][mine[0], 0])] + inter["item_id"][mine].tolist()
+        # the last prefix row, and the validation row's history, end with the same items
+        last = mine[-1]
+        history = inter["item_id_list"][last, : int(inter["item_length"][last])].tolist()
+        assert sequence[-len(history) - 1 :] == history + [int(inter["item_id"][last])]
+        v = (valid["user_id"] == user).nonzero().flatten()[0]
+        assert (
+            valid["item_id_list"][v, : int(valid["item_length"][v])].tolist()
+            == (sequence[-max_len:])
+        )
+        # fine-tuning row: the user's last training prefix
+        row = (rows.last["user_id"] == user).nonzero().flatten()
+        assert row.numel() == 1 and int(rows.last["item_id"][row]) == sequence[-1]
+        # windows: contiguous slices of L items every `step` from the newest, and one from 0
+        n = len(sequence)
+        windows = [
+            rows.windows[w, : int(rows.window_lengths[w])].tolist()
+            for w in (rows.window_users == user).nonzero().flatten()
+        ]
+        starts = [0] if n <= max_len else [*range(n - max_len, 0, -step), 0][::-1]
+        assert windows == [sequence[a : a + max_len] for a in starts]
+        long_users += n > max_len
+    assert long_users > 5  # several users have more than one window
+    # every window is cut once per epoch; the same generator seed gives the same cuts
+    first = rows.random_cut(torch.Generator().manual_seed(1))
+    second = rows.random_cut(torch.Generator().manual_seed(2))
+    again = rows.random_cut(torch.Generator().manual_seed(1))
+    assert len(first) == rows.windows.size(0)
+    assert torch.equal(first["item_length"], again["item_length"])
+    assert not torch.equal(first["item_length"], second["item_length"])
+    for w in range(len(first)):
+        t, n = int(first["item_length"][w]), int(rows.window_lengths[w])
+        window = rows.windows[w, :n].tolist()
+        assert 1 <= t <= max(1, n - 2)
+        assert first["item_id_list"][w, :t].tolist() == window[:t]
+        assert int(first["item_id"][w]) == window[t]
+        future = first[FUTURE_FIELD][w, : int(first[FUTURE_LENGTH_FIELD][w])].tolist()
+        assert future == window[t:][::-1]
+    # the negatives' popularity is the training interactions'
+    items = torch.cat([
+        torch.tensor([int(inter["item_id_list"][m[0], 0])] + inter["item_id"][m].tolist())
+        for m in (
+            (inter["user_id"] == u).nonzero().flatten() for u in inter["user_id"].unique()
+        )
+    ])  # fmt: skip
+    assert torch.equal(
+        rows.negatives.frequency[1:], torch.bincount(items, minlength=dataset.item_num)[1:].double()
+    )
+
+
+def stage_config(tmp_path, **overrides):
+    """The authors' recipe on the tiny dataset, small and quick."""
+    return Config(
+        "AutoDisenSeq",
+        "tiny",
+        [str(TINY_YAML)],
+        {
+            "data_path": str(TINY_DATA),
+            "checkpoint_dir": str(tmp_path / "saved"),
+            "preset": "autodisenseq_authors",
+            "n_layers": 2,
+            "hidden_size": 16,
+            "inner_size": 32,
+            "pretrain_epochs": 2,
+            "pretrain_steps_per_batch": 2,
+            "search_population": 3,
+            "search_generations": 1,
+            "epochs": 2,
+            "finetune_negatives": 10,
+            "render_arch": False,
+            **overrides,
+        },
+    )
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def staged_trainer(config, snapshots):
+    """A built trainer whose stage boundaries record the model (and the optimiser's state)."""
+    _, model, train_data, valid_data, test_data = build(config)
+    trainer = AutoDisenSeqTrainer(config, model)
+    snapshots["init"] = state(model)
+    pretrain, search, train_epoch = (
+        trainer.pretrain,
+        trainer.search_architecture,
+        trainer._train_epoch,
+    )
+
+    def pretrain_and_record(*args, **kwargs):
+        pretrain(*args, **kwargs)
+        snapshots["pretrained"] = state(model)
+        snapshots["pretrain_steps"] = trainer.optimizer.state_dict()["state"][0]["step"].item()
+
+    def search_and_record(*args, **kwargs):
+        result = search(*args, **kwargs)
+        snapshots["searched"] = state(model)
+        return result
+
+    def epoch_and_record(train, epoch_idx, *args, **kwargs):
+        if trainer.stage == FINETUNE and "finetune_start" not in snapshots:
+            snapshots["finetune_start"] = state(model)
+            snapshots["finetune_optimizer"] = len(trainer.optimizer.state_dict()["state"])
+        return train_epoch(train, epoch_idx, *args, **kwargs)
+
+    trainer.pretrain = pretrain_and_record
+    trainer.search_architecture = search_and_record
+    trainer._train_epoch = epoch_and_record
+    return trainer, model, train_data, valid_data, test_data
+
+
+def changed(before, after, prefix):
+    keys = [k for k in before if k.startswith(prefix) and k in after]
+    assert keys, prefix
+    return any(not torch.equal(before[k], after[k]) for k in keys)
+
+
+def test_pretrain_search_finetune_pass_weights_between_stages(tmp_path, workdir):
+    config = stage_config(tmp_path)
+    snapshots = {}
+    trainer, model, train_data, valid_data, _ = staged_trainer(config, snapshots)
+    trainer.fit(train_data, valid_data, saved=True)
+    init, pre, searched = snapshots["init"], snapshots["pretrained"], snapshots["searched"]
+    start, end = snapshots["finetune_start"], state(model)
+    assert trainer.stage_log == [(PRETRAIN, "ran"), (SEARCH, "ran"), (FINETUNE, "ran")]
+    # 1. pre-training moves the embeddings, the supernet and the disentanglement layer; it ran
+    #    2 epochs x (random-cut batches) x 2 steps, each with its sampled architecture
+    for prefix in ("item_embedding", "encoder.", "disentanglement.beta", "disentanglement.alpha"):
+        assert changed(init, pre, prefix), prefix
+    batches = math.ceil(trainer.rows(train_data).windows.size(0) / config["train_batch_size"])
+    assert snapshots["pretrain_steps"] == 2 * batches * 2
+    assert len(trainer.epoch_seconds[PRETRAIN]) == 2 and len(trainer.epoch_seconds[FINETUNE]) == 2
+    # 2. the search is inference only: the pre-trained weights are untouched
+    assert searched.keys() == pre.keys()
+    for key in pre:
+        assert torch.equal(pre[key], searched[key]), key
+    # 3. fine-tuning starts from the pre-trained weights of the searched architecture (a fresh
+    #    optimiser), and moves them
+    assert model.architecture == trainer.search_result.best
+    assert set(start) < set(pre)  # the supernet pruned to the searched architecture
+    for key in start:
+        if key != "arch_genes":
+            assert torch.equal(start[key], pre[key]), key
+    assert snapshots["finetune_optimizer"] == 0
+    for prefix in ("item_embedding", "encoder.", "disentanglement."):
+        assert changed(start, end, prefix), prefix
+    # the tested checkpoint is the fine-tuned model with the searched architecture
+    _, loaded, *_ = load_data_and_model(trainer.saved_model_file)
+    assert loaded.architecture == trainer.search_result.best
+
+
+def test_pretraining_clips_gradients_and_fine_tuning_does_not(tmp_path, workdir, monkeypatch):
+    calls = []
+    real = recbole_trainer_module.clip_grad_norm_
+
+    def recording(parameters, **kwargs):
+        calls.append((trainer.stage, kwargs))
+        return real(parameters, **kwargs)
+
+    monkeypatch.setattr(recbole_trainer_module, "clip_grad_norm_", recording)
+    config = stage_config(
+        tmp_path, arch_search=False, pretrain_epochs=1, pretrain_clip_grad_norm=0.25, epochs=1
+    )
+    trainer, _, train_data, valid_data, _ = staged_trainer(config, {})
+    trainer.fit(train_data, valid_data, saved=False)
+    batches = math.ceil(trainer.rows(train_data).windows.size(0) / config["train_batch_size"])
+    assert calls == [(PRETRAIN, {"max_norm": 0.25})] * (batches * 2)  # 2 steps per batch
+    assert trainer.clip_grad_norm is None  # RecBole's own setting is back for fine-tuning
+
+
+def test_a_stopped_run_resumes_its_stage_and_skips_finished_ones(tmp_path, workdir, monkeypatch):
+    config = stage_config(tmp_path)
+    # uninterrupted
+    whole = {}
+    trainer, _, train_data, valid_data, test_data = staged_trainer(config, whole)
+    trainer.enable_resume(tmp_path / "whole")
+    trainer.fit(train_data, valid_data)
+    whole_test = trainer.evaluate(test_data)
+
+    # stopped in the second pre-training epoch, then resumed by a fresh process-like trainer
+    class Stop(Exception):
+        pass
+
+    stopped, _, train_data, valid_data, _ = staged_trainer(config, {})
+    stopped.enable_resume(tmp_path / "stopped")
+    train_epoch = stopped._train_epoch
+
+    def stop_in_second_epoch(train, epoch_idx, *args, **kwargs):
+        if stopped.stage == PRETRAIN and epoch_idx == 1:
+            raise Stop
+        return train_epoch(train, epoch_idx, *args, **kwargs)
+
+    stopped._train_epoch = stop_in_second_epoch
+    with pytest.raises(Stop):
+        stopped.fit(train_data, valid_data)
+    resumed_snapshots = {}
+    resumed, _, train_data, valid_data, test_data = staged_trainer(config, resumed_snapshots)
+    resumed.enable_resume(tmp_path / "stopped")
+    resumed.fit(train_data, valid_data)
+    assert len(resumed.epoch_seconds[PRETRAIN]) == 1  # only the second epoch ran again
+    assert resumed.search_result.best == trainer.search_result.best
+    for key, value in whole["finetune_start"].items():
+        assert torch.equal(value, resumed_snapshots["finetune_start"][key]), key
+    assert resumed.evaluate(test_data) == whole_test
+
+    # a finished run: neither pre-training nor the search runs again, the same test result
+    again, _, train_data, valid_data, test_data = staged_trainer(config, {})
+    again.enable_resume(tmp_path / "whole")
+    again.fit(train_data, valid_data)
+    assert again.stage_log[:2] == [(PRETRAIN, "resumed"), (SEARCH, "resumed")]
+    assert again.epoch_seconds == {PRETRAIN: [], FINETUNE: []}
+    assert again.evaluate(test_data) == whole_test
+
+
+def test_positions_from_the_newest_item(tiny_data):
+    _, (train_data, _, _) = tiny_data
+    oldest = _model(tiny_data).eval()
+    newest = _model(tiny_data, position_from="newest").eval()
+    for key, value in oldest.state_dict().items():  # same seed: the same weights
+        assert torch.equal(value, newest.state_dict()[key]), key
+    inter = train_data._dataset.inter_feat
+    full = inter["item_length"] == inter["item_id_list"].size(1)
+    assert full.any() and (~full).any()
+    seqs, lengths = inter["item_id_list"], inter["item_length"]
+    with torch.no_grad():
+        a, b = oldest.forward(seqs, lengths), newest.forward(seqs, lengths)
+        torch.testing.assert_close(a[full], b[full])  # a full sequence is indexed alike
+        assert not torch.allclose(a[~full], b[~full])
+        torch.testing.assert_close(  # chunks cut to their longest sequence stay exact
+            newest.encode_inference(seqs[:50], lengths[:50]), b[:50]
+        )
+    with pytest.raises(ValueError, match="position_from"):
+        _model(tiny_data, position_from="last")
+
+
+def test_preset_layers_the_authors_recipe_under_the_users_settings():
+    plain = tiny_config()
+    assert (plain["pretrain_windows"], plain["finetune_loss"], plain["position_from"]) == (
+        "prefixes",
+        "seq2seq",
+        "oldest",
+    )
+    assert (plain["intent_similarity"], plain["beta_init"]) == ("cosine", "random")
+    authors = tiny_config(preset="autodisenseq_authors", epochs=3)
+    assert authors["pretrain_windows"] == "random_cut" and authors["finetune_loss"] == "bce"
+    assert authors["pretrain_steps_per_batch"] == 16 and authors["pretrain_epochs"] == 300
+    assert authors["pretrain_clip_grad_norm"] == 50 / 256  # 50 on the loss summed over 256 rows
+    assert authors["finetune_negatives"] == 50 and authors["position_from"] == "newest"
+    assert authors["epochs"] == 3  # the user's value wins over the preset's 300
+    with pytest.raises(ValueError, match="preset='nope' is unknown"):
+        tiny_config(preset="nope")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("pretrain_windows", "every"),
+        ("finetune_windows", "first"),
+        ("finetune_loss", "bpr"),
+        ("pretrain_window_step", 0.0),
+        ("pretrain_steps_per_batch", 0),
+        ("pretrain_clip_grad_norm", -1.0),
+    ],
+)
+def test_bad_stage_options_name_the_option(tiny_data, key, value):
+    config, _ = tiny_data
+    model = _model(tiny_data)
+    saved = config[key]
+    config[key] = value
+    try:
+        with pytest.raises(ValueError, match=key):
+            AutoDisenSeqTrainer(config, model)
+    finally:
+        config[key] = saved

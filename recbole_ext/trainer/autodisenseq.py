@@ -1,17 +1,34 @@
-"""AutoDisenSeq's trainer: supernet training → evolutionary search → final training (Algorithm 1).
+"""AutoDisenSeq's trainer: pre-training → architecture search → fine-tuning.
 
-Only ``fit`` is extended, and only in front of RecBole's own loop:
+The stages, each in front of RecBole's own ``fit`` loop (which runs the last one):
 
-1. supernet training (Eq. 21): ``supernet_epochs`` calls of RecBole's ``_train_epoch`` while the
-   model samples one architecture per mini-batch;
-2. evolutionary search (Eq. 22): architectures inherit the supernet weights and are scored on the
-   validation split (``search_fitness``: NDCG@10, or minus the Seq2Seq loss), inference only;
-   the best is written to ``<checkpoint>.arch.json`` (and ``.arch.png``);
-3. final training: RecBole's ``fit`` on the searched architecture, inheriting the supernet weights
-   (``final_training: finetune``) or from scratch (``retrain``), with a fresh optimiser.
+1. **Seq2Seq pre-training** (Algorithm 1, Eq. 13): ``pretrain_epochs`` epochs, all kept (no early
+   stopping), of RecBole's ``_train_epoch`` with the Seq2Seq loss; while searching, the model
+   samples one architecture per optimiser step from the supernet (single path, Eq. 21).
+   ``pretrain_steps_per_batch`` optimiser steps on each mini-batch (the authors: 16,
+   ``trainers.DSSPretrainer.pretrain`` loops over ``auto_arch_batch_size`` sampled architectures
+   whatever the encoder, so their fixed-architecture pre-training repeats each batch too). Rows: every prefix (RecBole's) or one random cut per
+   window per epoch (``pretrain_windows: random_cut``, the authors' ``datasets.PretrainDataset``);
+   gradient clipping ``pretrain_clip_grad_norm``.
+2. **Evolutionary search** (Eq. 22) on the pre-trained weights: architectures inherit them and
+   are scored on the validation split (``search_fitness``), inference only (the authors'
+   ``search.py`` evaluates each with ``finetune(do_eval=True)`` on the pre-trained checkpoint);
+   the best is written to ``<checkpoint>.arch.json`` (and ``.arch.png``). Skipped with a fixed
+   architecture (``--arch=FILE`` or ``--arch_search=False``).
+3. **Fine-tuning**: RecBole's ``fit`` with a fresh optimiser, early stopping on the validation
+   metric (``epochs``, ``stopping_step``), the best checkpoint tested; its loss is the Seq2Seq loss
+   (``finetune_loss: seq2seq``, Algorithm 1) or the authors' next-item BCE against popularity
+   negatives of unseen items (``bce``, ``finetuner.py``, ``trainers.FineTrainer``), on every
+   prefix or each user's last training prefix (``finetune_windows: last``). ``epochs: 0`` tests
+   the pre-trained (searched) model as it is.
 
-Skipped (straight to 3) when the model has a fixed architecture (``--arch=FILE`` or
-``--arch_search=False``).
+Resume (:mod:`recbole_ext.trainer.resume`, when the run has a resume directory): pre-training
+saves the resume point ``pretrain`` after every epoch, the search saves ``search`` (the
+pre-trained weights and the architecture) and RecBole's ``fit`` its epochs; a rerun of the same
+configuration continues the unfinished stage and never reruns a finished one. Every stage epoch
+draws its windows, cuts, negatives and sampled architectures from generators seeded by
+``(seed, stage, epoch)``, and the fine-tuning starts from ``seed`` again, so a resumed run trains
+like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,13 +40,24 @@ from pathlib import Path
 
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
-from recbole.utils import set_color
+from recbole.utils import init_seed, set_color
 
-from recbole_ext.data.seq2seq import FUTURE_FIELD, FUTURE_LENGTH_FIELD
+from recbole_ext.data.seq2seq import (
+    FUTURE_FIELD,
+    FUTURE_LENGTH_FIELD,
+    NEGATIVES_FIELD,
+    TrainingRows,
+    shuffled_batches,
+)
 from recbole_ext.model.nas.evolution import evolutionary_search
 from recbole_ext.model.nas.render import render_architecture
-from recbole_ext.model.nas.space import arch_to_dict, save_arch
+from recbole_ext.model.nas.space import arch_from_dict, arch_to_dict, save_arch
 from recbole_ext.trainer import Trainer
+
+PRETRAIN, SEARCH, FINETUNE = "pretrain", "search", "finetune"  # stages (and resume points)
+SEED_OFFSETS = {PRETRAIN: 1_000_000, FINETUNE: 2_000_000}  # seed + offset + epoch per stage
+WINDOWS = {PRETRAIN: ("prefixes", "random_cut"), FINETUNE: ("prefixes", "last")}
+FINETUNE_LOSSES = ("seq2seq", "bce")
 
 
 def ndcg_at_k(scores: torch.Tensor, positive_u: torch.Tensor, positive_i: torch.Tensor, k: int):
@@ -55,24 +83,80 @@ def weights_version(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     return tuple((id(p), p._version) for p in model.parameters())
 
 
+class EpochBatches:
+    """One epoch's mini-batches for RecBole's ``_train_epoch``: ``source`` (RecBole's train
+    dataloader, or a list of ``Interaction``), each batch optionally completed by ``complete`` and
+    yielded ``repeat`` times in a row (one optimiser step each)."""
+
+    def __init__(self, source, repeat: int = 1, complete=None):
+        self.source, self.repeat, self.complete = source, repeat, complete
+
+    def __len__(self):
+        return len(self.source) * self.repeat
+
+    def __iter__(self):
+        for batch in self.source:
+            batch = batch if self.complete is None else self.complete(batch)
+            for _ in range(self.repeat):
+                yield batch
+
+
 class AutoDisenSeqTrainer(Trainer):
+    epoch_resume = True  # stage 3 is RecBole's fit: it resumes epochs (recbole_ext.trainer.resume)
+
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.supernet_epochs = config["supernet_epochs"]  # (int) single-path one-shot epochs
+        self.pretrain_epochs = config["pretrain_epochs"]  # (int) fixed, no early stopping
+        self.pretrain_windows = config["pretrain_windows"]  # (str) prefixes | random_cut
+        self.pretrain_window_step = config["pretrain_window_step"]  # (float) step / L
+        self.pretrain_steps_per_batch = config["pretrain_steps_per_batch"]  # (int) steps/batch
+        self.pretrain_clip_grad_norm = config["pretrain_clip_grad_norm"]  # (float|None) max norm
         self.search_population = config["search_population"]  # (int) population size
         self.search_generations = config["search_generations"]  # (int) generations
         self.search_mutation_prob = config["search_mutation_prob"]  # (float) per-layer re-draw
         self.search_fitness = config["search_fitness"]  # (str) ndcg | loss
         self.final_training = config["final_training"]  # (str) finetune | retrain
+        self.finetune_loss = config["finetune_loss"]  # (str) seq2seq | bce
+        self.finetune_windows = config["finetune_windows"]  # (str) prefixes | last
+        self.finetune_negatives = config["finetune_negatives"]  # (int) bce negatives per row
         self.render_arch = config["render_arch"]  # (bool) draw the searched architecture
-        self.search_seed = config["seed"]  # (int) seeds the evolutionary search
+        self.search_seed = config["seed"]  # (int) seeds the search and every stage's generators
         if self.search_fitness not in ("ndcg", "loss"):
             raise ValueError(f"search_fitness={self.search_fitness!r}: choose 'ndcg' or 'loss'")
         if self.final_training not in ("finetune", "retrain"):
             raise ValueError(f"final_training={self.final_training!r}: use finetune or retrain")
+        for key, value, allowed in (
+            ("pretrain_windows", self.pretrain_windows, WINDOWS[PRETRAIN]),
+            ("finetune_windows", self.finetune_windows, WINDOWS[FINETUNE]),
+            ("finetune_loss", self.finetune_loss, FINETUNE_LOSSES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{key}={value!r}: choose one of {allowed}")
+        if self.pretrain_epochs < 0 or self.pretrain_steps_per_batch < 1:
+            raise ValueError(
+                f"pretrain_epochs={self.pretrain_epochs} must be ≥ 0 and "
+                f"pretrain_steps_per_batch={self.pretrain_steps_per_batch} ≥ 1"
+            )
+        if not 0.0 < self.pretrain_window_step <= 1.0:
+            raise ValueError(
+                f"pretrain_window_step={self.pretrain_window_step}: a share of the maximum "
+                "length in (0, 1] (the authors: 0.5)"
+            )
+        if self.finetune_loss == "bce" and self.finetune_negatives < 1:
+            raise ValueError(f"finetune_negatives={self.finetune_negatives}: at least 1 for bce")
+        if self.pretrain_clip_grad_norm is not None and self.pretrain_clip_grad_norm <= 0:
+            raise ValueError(
+                f"pretrain_clip_grad_norm={self.pretrain_clip_grad_norm}: a positive norm, or ~"
+            )
+        self.stage = FINETUNE  # the stage _train_epoch serves (RecBole's fit: fine-tuning)
+        self.stage_log: list[tuple[str, str]] = []  # (stage, "ran" | "resumed")
+        self.epoch_seconds: dict[str, list[float]] = {PRETRAIN: [], FINETUNE: []}
+        self.search_seconds = None  # wall time of the search (None: not run here)
         self.search_result = None
         self.arch_file = None
+        self._rows = None  # TrainingRows, built at first use
 
+    # --- the stages ------------------------------------------------------------------------------
     def fit(
         self,
         train_data,
@@ -82,29 +166,110 @@ class AutoDisenSeqTrainer(Trainer):
         show_progress=False,
         callback_fn=None,
     ):
-        if self.model.needs_search:
-            self.train_supernet(train_data, verbose, show_progress)
-            if not valid_data:
-                raise ValueError("the architecture search needs a validation split")
-            result = self.search_architecture(valid_data, show_progress)
-            self.model.set_architecture(result.best, reinitialise=self.final_training == "retrain")
-            self.optimizer = self._build_optimizer()  # the encoder's parameters were replaced
+        architecture = None
+        if self.model.needs_search and self.load_resume_point(SEARCH, train_data=train_data):
+            architecture = arch_from_dict(self.resume_point_extra["arch"])  # stages 1-2 done
+            self.stage_log += [(PRETRAIN, "resumed"), (SEARCH, "resumed")]
+            self._write_arch(architecture)
+        else:
+            self.pretrain(train_data, verbose, show_progress)
+            if self.model.needs_search:
+                if not valid_data:
+                    raise ValueError("the architecture search needs a validation split")
+                architecture = self.search_architecture(valid_data, show_progress).best
+                arch = arch_to_dict(architecture, self.model.space.ops)
+                self.save_resume_point(SEARCH, train_data=train_data, finished=True, arch=arch)
+        if architecture is not None:  # keep the searched architecture's (pre-trained) weights
+            self.model.set_architecture(architecture, self.final_training == "retrain")
+        self.optimizer = self._build_optimizer()  # fresh optimiser (the authors' FineTrainer)
+        init_seed(self.search_seed, self.config["reproducibility"])  # as a run without stages 1-2
+        self.stage = FINETUNE
+        self.stage_log.append((FINETUNE, "ran"))
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
-    # --- 1. supernet ----------------------------------------------------------------------------
-    def train_supernet(self, train_data, verbose=True, show_progress=False):
-        self.model.sample_architectures = True
+    def pretrain(self, train_data, verbose=True, show_progress=False) -> None:
+        """Stage 1: ``pretrain_epochs`` Seq2Seq epochs (the supernet's when searching), resumed
+        from the last finished epoch of a stopped run."""
+        if self.pretrain_epochs == 0:
+            return
+        state = self.load_resume_point(PRETRAIN, train_data=train_data)
+        first = 0 if state is None else state["epoch"]
+        if first >= self.pretrain_epochs:
+            self.stage_log.append((PRETRAIN, "resumed"))
+            return
+        saved_clip, self.stage = self.clip_grad_norm, PRETRAIN
+        if self.pretrain_clip_grad_norm is not None:
+            self.clip_grad_norm = {"max_norm": self.pretrain_clip_grad_norm}
+        self.model.sample_architectures = self.model.needs_search
         try:
-            for epoch_idx in range(self.supernet_epochs):
+            for epoch_idx in range(first, self.pretrain_epochs):
+                self.model.reseed_architecture_sampler(self._stage_seed(PRETRAIN, epoch_idx))
                 start = time.time()
                 loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+                done = epoch_idx + 1
+                self.save_resume_point(
+                    PRETRAIN,
+                    train_data=train_data,
+                    epoch=done,
+                    finished=done == self.pretrain_epochs,
+                )
                 if verbose:
                     self.logger.info(
-                        "supernet "
+                        "pretrain "
                         + self._generate_train_loss_output(epoch_idx, start, time.time(), loss)
                     )
         finally:
             self.model.sample_architectures = False
+            self.clip_grad_norm, self.stage = saved_clip, FINETUNE
+        self.stage_log.append((PRETRAIN, "ran"))
+
+    def _stage_seed(self, stage: str, epoch_idx: int) -> int:
+        return self.search_seed + SEED_OFFSETS[stage] + epoch_idx
+
+    # --- the rows and the loss of a stage's epoch ------------------------------------------------
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """RecBole's epoch over the current stage's rows with the stage's loss."""
+        batches = self.epoch_batches(train_data, epoch_idx)
+        if loss_func is None:
+            bce = self.stage == FINETUNE and self.finetune_loss == "bce"
+            loss_func = self.model.calculate_finetune_loss if bce else self.model.calculate_loss
+        start = time.perf_counter()
+        loss = super()._train_epoch(batches, epoch_idx, loss_func, show_progress)
+        self.epoch_seconds[self.stage].append(time.perf_counter() - start)
+        return loss
+
+    def epoch_batches(self, train_data, epoch_idx) -> EpochBatches:
+        """The mini-batches of epoch ``epoch_idx`` of the current stage (see the module docs)."""
+        stage = self.stage
+        windows = self.pretrain_windows if stage == PRETRAIN else self.finetune_windows
+        generator = torch.Generator().manual_seed(self._stage_seed(stage, epoch_idx))
+        batch_size = self.config["train_batch_size"]
+        if windows == "prefixes":
+            source = train_data
+        elif windows == "random_cut":
+            source = shuffled_batches(
+                self.rows(train_data).random_cut(generator), batch_size, generator
+            )
+        else:
+            source = shuffled_batches(self.rows(train_data).last, batch_size, generator)
+        complete = None
+        if stage == FINETUNE and self.finetune_loss == "bce":
+            negatives = self.rows(train_data).negatives
+
+            def complete(batch):
+                users = batch[self.model.USER_ID]
+                batch[NEGATIVES_FIELD] = negatives.sample(users, self.finetune_negatives, generator)
+                return batch
+
+        repeat = self.pretrain_steps_per_batch if stage == PRETRAIN else 1
+        return EpochBatches(source, repeat, complete)
+
+    def rows(self, train_data) -> TrainingRows:
+        if self._rows is None:
+            max_len = self.model.max_seq_length
+            step = max(1, int(self.pretrain_window_step * max_len))  # the authors' int(0.5 · L)
+            self._rows = TrainingRows(train_data._dataset, max_len, step)
+        return self._rows
 
     # --- 2. evolutionary search -----------------------------------------------------------------
     def architecture_fitness(self, valid_data, batches=None):
@@ -224,6 +389,7 @@ class AutoDisenSeqTrainer(Trainer):
         return torch.cat(seqs), torch.cat(lens), torch.cat(items)
 
     def search_architecture(self, valid_data, show_progress=False):
+        """Stage 2: the evolutionary search on the current (pre-trained) weights."""
         fitness = self.architecture_fitness(valid_data)
         start = time.time()
         result = evolutionary_search(
@@ -235,11 +401,10 @@ class AutoDisenSeqTrainer(Trainer):
             random.Random(self.search_seed),
             show_progress=show_progress,
         )
-        seconds = time.time() - start
+        seconds = self.search_seconds = time.time() - start
         self.search_result = result
-        self.arch_file = save_arch(
-            result.best, self.model.space.ops, Path(self.saved_model_file).with_suffix(".arch.json")
-        )
+        self.stage_log.append((SEARCH, "ran"))
+        self._write_arch(result.best)
         self.logger.info(
             set_color("architecture search", "green")
             + f": {len(result.history)} architectures in {seconds:.1f}s "
@@ -247,10 +412,13 @@ class AutoDisenSeqTrainer(Trainer):
             f"{result.best_fitness:.4f}; written to {self.arch_file}: "
             f"{arch_to_dict(result.best, self.model.space.ops)['layers']}"
         )
-        if self.render_arch:
-            render_architecture(
-                result.best, self.arch_file.with_suffix(".png"), title="AutoDisenSeq"
-            )
         if not math.isfinite(result.best_fitness):
             raise FloatingPointError(f"the best architecture has fitness {result.best_fitness}")
         return result
+
+    def _write_arch(self, architecture) -> None:
+        """``<checkpoint>.arch.json`` (and ``.arch.png`` with ``render_arch``)."""
+        path = Path(self.saved_model_file).with_suffix(".arch.json")
+        self.arch_file = save_arch(architecture, self.model.space.ops, path)
+        if self.render_arch:
+            render_architecture(architecture, path.with_suffix(".png"), title="AutoDisenSeq")

@@ -9,6 +9,11 @@ hidden layers (:class:`recbole_ext.model.nas.supernet.AttentionSupernet`) → z_
 
 Disentanglement (§4.1.2, Eq. 4-6, :class:`recbole_ext.model.layers.IntentionDisentanglement`):
 K prototypes → φ^(1..K) ∈ R^D per sequence; two β sets (input vs. reversed label sequences).
+Eq. 4 compares LN1(z_i) and LN2(c_k) by their cosine (``intent_similarity: cosine``, §4.1.2 "we use
+cosine instead of dot product to reduce mode collapse"; ``dot``: the dot product), both over √D;
+the β sets start at N(0, 1/D) (``beta_init: random``, the authors' code) or zero. Positions index
+the position embedding and α of Eq. 5 from the oldest item (``position_from: oldest``) or from the
+newest, which always sits at L - 1 (``newest``: the authors' left-padded sequences).
 
 Seq2Seq training (§4.1.3), for a mini-batch B of (earlier s_1:i, next item h_{i+1}, reversed future
 s_m:i+1) and scale 1/√D:
@@ -23,12 +28,18 @@ s_m:i+1) and scale 1/√D:
 ``s2i_negatives: all`` replaces the in-batch denominator of Eq. (9) by all items × K (an option,
 not the paper). Scoring (§4.1.3, Fig. 2): score(item) = max_k h_item·φ^(k)/√D.
 
+Fine-tuning (the authors' pipeline after Algorithm 1; ``pzrain/AutoDisenSeq-LLM``
+``trainers.Trainer.dss_cross_entropy``), for a row with next item e⁺ and negatives e⁻_1..e⁻_J:
+
+    s(e) = max_k e·φ^(k)      (no 1/√D)
+    L_FT = mean over rows of  [ -ln σ(s(e⁺)) - Σ_j ln(1 - σ(s(e⁻_j))) ]
+
 Search (§4.2.3, Eq. 21-22) is driven by ``recbole_ext.trainer.autodisenseq.AutoDisenSeqTrainer``:
 while ``sample_architectures`` is on, every training mini-batch runs one architecture drawn from
 the prior (single-path one-shot); afterwards :meth:`set_architecture` fixes the searched one.
 
-Ablations (Table 3): (1) ``--disentangle=False --lambda_s2s=0 --arch_search=False`` (S2I only,
-φ = z_m, fixed SASRec-like architecture); (2) ``--arch_search=False``; (3) the defaults.
+The stages (pre-training, search, fine-tuning) are the trainer's; Table 3's rows are in
+``recbole_ext/properties/benchmark/autodisenseq_ml100k.yaml``.
 """
 
 from __future__ import annotations
@@ -37,10 +48,16 @@ import math
 import random
 
 import torch
+import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_ext.data.seq2seq import FUTURE_FIELD, FUTURE_LENGTH_FIELD, attach_futures
+from recbole_ext.data.seq2seq import (
+    FUTURE_FIELD,
+    FUTURE_LENGTH_FIELD,
+    NEGATIVES_FIELD,
+    attach_futures,
+)
 from recbole_ext.model.layers import (
     FastDropout,
     IntentionDisentanglement,
@@ -50,6 +67,7 @@ from recbole_ext.model.nas.space import Architecture, SearchSpace, load_arch
 from recbole_ext.model.nas.supernet import AttentionSupernet, PrefixCache
 
 PREFIX_CACHE_BYTES = 512 << 20  # layer outputs the search keeps for shared prefixes (all chunks)
+POSITION_FROM = ("oldest", "newest")
 
 
 # --- losses (pure functions) ------------------------------------------------------------------
@@ -96,6 +114,24 @@ def s2s_loss(phi_earlier: torch.Tensor, phi_future: torch.Tensor, lam: float) ->
     return (terms * s2s_keep_mask(terms, lam)).sum() / terms.size(0)
 
 
+def finetune_bce_loss(phi: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor):
+    """The authors' fine-tuning loss (``trainers.Trainer.dss_cross_entropy``), mean over rows.
+
+    Each item is scored ``max_k e·φ^(k)`` (unscaled); the positive is pushed up and every negative
+    down with a binary cross-entropy, summed over the J negatives:
+    ``mean_b [softplus(-s⁺_b) + Σ_j softplus(s⁻_bj)]`` (= -ln σ(s⁺) - Σ_j ln(1 - σ(s⁻_j))).
+
+    Args:
+        phi: (B, K, D) φ of the input sequences.
+        positive: (B, D) embedding of each row's next item.
+        negatives: (B, J, D) embeddings of its negatives.
+    """
+    positive_logit = torch.einsum("bkd,bd->bk", phi, positive).amax(-1)  # (B,)
+    negative_logits = torch.einsum("bkd,bjd->bjk", phi, negatives).amax(-1)  # (B, J)
+    loss = F.softplus(-positive_logit) + F.softplus(negative_logits).sum(-1)  # (B,)
+    return loss.mean()
+
+
 class AutoDisenSeq(SequentialRecommender):
     """See the module docstring."""
 
@@ -109,8 +145,11 @@ class AutoDisenSeq(SequentialRecommender):
         self.attn_dropout_prob = config["attn_dropout_prob"]  # (float)
         self.layer_norm_eps = config["layer_norm_eps"]  # (float)
         self.initializer_range = config["initializer_range"]  # (float) std of normal init
-        self.disentangle = config["disentangle"]  # (bool) False: φ = z_m, one vector (Table 3 (1))
+        self.disentangle = config["disentangle"]  # (bool) False: φ = z_m, one vector (S2I row)
         self.n_intents = config["n_intents"] if self.disentangle else 1  # (int) K
+        self.intent_similarity = config["intent_similarity"]  # (str) Eq. 4: cosine | dot
+        self.beta_init = config["beta_init"]  # (str) β of Eq. 6: random N(0, 1/D) | zero
+        self.position_from = config["position_from"]  # (str) position index: oldest | newest
         self.lambda_s2s = config["lambda_s2s"]  # (float) λ ∈ [0, 1] of Eq. (10); 0 = S2I only
         self.s2i_negatives = config["s2i_negatives"]  # (str) batch (Eq. 9) | all items
         self.search = config["arch_search"]  # (bool) supernet + evolutionary search before training
@@ -123,6 +162,11 @@ class AutoDisenSeq(SequentialRecommender):
             raise ValueError(f"lambda_s2s={self.lambda_s2s} must lie in [0, 1] (Eq. 10)")
         if self.s2i_negatives not in ("batch", "all"):
             raise ValueError(f"s2i_negatives={self.s2i_negatives!r}: choose 'batch' or 'all'")
+        if self.position_from not in POSITION_FROM:
+            raise ValueError(
+                f"position_from={self.position_from!r}: choose one of {POSITION_FROM} (the item "
+                "that gets position 0, or the newest item at position L - 1)"
+            )
         assert self.hidden_size > 0 and self.n_intents >= 1
 
         self.space = SearchSpace(self.n_layers, ops)
@@ -149,7 +193,12 @@ class AutoDisenSeq(SequentialRecommender):
         self.input_dropout = FastDropout(self.hidden_dropout_prob)
         self.encoder = self._build_encoder(architecture)
         self.disentanglement = IntentionDisentanglement(
-            self.hidden_size, self.n_intents, self.max_seq_length, self.layer_norm_eps
+            self.hidden_size,
+            self.n_intents,
+            self.max_seq_length,
+            self.layer_norm_eps,
+            similarity=self.intent_similarity,
+            beta_init=self.beta_init,
         )
         self.architecture: Architecture | None = architecture
         self.register_buffer("arch_genes", self.space.to_genes(architecture))
@@ -196,7 +245,7 @@ class AutoDisenSeq(SequentialRecommender):
         if reinitialise:
             self.apply(self._init_weights)
             self.disentanglement.prototypes.data.normal_(0.0, self.initializer_range)
-            self.disentanglement.beta.data.zero_()
+            self.disentanglement.reset_beta()
             self.disentanglement.b_prime.data.zero_()
         else:
             self.encoder.load_state_dict(
@@ -214,7 +263,30 @@ class AutoDisenSeq(SequentialRecommender):
                 self.set_architecture(architecture)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def reseed_architecture_sampler(self, seed: int) -> None:
+        """Restart the single-path sampler of Eq. (21) from ``seed`` (per pre-training epoch, so
+        that a resumed epoch draws the architectures of an uninterrupted run)."""
+        self._arch_rng.seed(seed)
+
     # --- encoding -----------------------------------------------------------------------------
+    def positions(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """Position-embedding index of each slot of left-aligned sequences of ``lengths``.
+
+        ``oldest``: (1, W) = 0, 1, ..., W - 1. ``newest``: (B, W), item i of an m-item sequence at
+        L - m + i, so the newest item is always at L - 1, as in the authors' left-padded
+        sequences (``models.SASRecModel._add_position_embedding``, ``DSSEncoder.alphas[-1]``);
+        padding slots are clamped to L - 1 (their outputs never reach a valid position).
+
+        >>> class M: max_seq_length, position_from = 4, "newest"
+        >>> AutoDisenSeq.positions(M, torch.tensor([2, 4]), 3).tolist()
+        [[2, 3, 3], [0, 1, 2]]
+        """
+        slots = torch.arange(width, device=lengths.device).unsqueeze(0)  # (1, W)
+        if self.position_from == "oldest":
+            return slots
+        newest = self.max_seq_length - lengths.unsqueeze(1) + slots  # (B, W)
+        return newest.clamp(0, self.max_seq_length - 1)
+
     def _batch_architecture(self) -> Architecture:
         if self.training and self.sample_architectures:
             return self.space.sample(self._arch_rng)  # single path of Eq. (21)
@@ -229,14 +301,14 @@ class AutoDisenSeq(SequentialRecommender):
         """(B, L) left-aligned item ids → φ (B, K, D); ``beta_set`` (B,) picks β per row.
         ``cache``: a :class:`~recbole_ext.model.nas.supernet.PrefixCache` (inference only)."""
         architecture = architecture or self._batch_architecture()
-        positions = torch.arange(item_seq.size(1), device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
+        positions = self.positions(lengths, item_seq.size(1))  # (1, L) or (B, L)
+        x = self.item_embedding(item_seq) + self.position_embedding(positions)
         x = self.input_dropout(self.input_norm(x))  # (B, L, D)
         mask = causal_mask(item_seq.size(1), item_seq.device)  # (L, L): exact for left alignment
         z = self.encoder(x, mask, architecture, cache)  # (B, L, D)
         if not self.disentangle:
             return self.gather_indexes(z, (lengths - 1).clamp(min=0)).unsqueeze(1)  # (B, 1, D)
-        return self.disentanglement(z, lengths, beta_set)
+        return self.disentanglement(z, lengths, beta_set, positions)
 
     def encode_inference(self, item_seq, lengths, architecture=None, caches=None) -> torch.Tensor:
         """φ (B, K, D) of input sequences for scoring, as :meth:`encode` with β set 0.
@@ -300,8 +372,17 @@ class AutoDisenSeq(SequentialRecommender):
         return loss_s2i, s2s_loss(phi_earlier, phi_future, self.lambda_s2s)
 
     def calculate_loss(self, interaction):
+        """The Seq2Seq loss of Eq. (13) (pre-training, and Algorithm 1's training)."""
         loss_s2i, loss_s2s = self.seq2seq_losses(interaction)
         return (loss_s2i, loss_s2s) if self.lambda_s2s > 0 else loss_s2i  # Eq. (13)
+
+    def calculate_finetune_loss(self, interaction):
+        """:func:`finetune_bce_loss` of the rows' next items against their negatives
+        (``interaction[NEGATIVES_FIELD]`` (B, J), drawn by the trainer)."""
+        phi = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])  # (B,K,D)
+        positive = self.item_embedding(interaction[self.POS_ITEM_ID])  # (B, D)
+        negatives = self.item_embedding(interaction[NEGATIVES_FIELD])  # (B, J, D)
+        return finetune_bce_loss(phi, positive, negatives)
 
     def predict(self, interaction):
         """max_k h_item·φ^(k)/√D for each row's item. Consecutive rows with the same sequence
