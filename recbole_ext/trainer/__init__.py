@@ -14,6 +14,7 @@ from recbole.evaluator import Collector
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import get_local_time, set_color
 
+from recbole_ext.trainer.sampled_eval import SampledEvalMixin
 from recbole_ext.utils import load_checkpoint, restore_model, save_checkpoint
 
 
@@ -88,7 +89,8 @@ class SafeCheckpointMixin:
 
 @cache
 def with_safe_checkpoints(trainer_class):
-    """``trainer_class`` with :class:`SafeCheckpointMixin` in front (same name, cached).
+    """``trainer_class`` with :class:`SafeCheckpointMixin` in front (same name, cached), and
+    :class:`SampledEvalMixin` (sampled evaluation of sequential models encodes each history once).
 
     Trainers outside RecBole's ``Trainer`` hierarchy (the xgboost/lightgbm ``DecisionTreeTrainer``)
     keep their own, non-torch model files and are returned unchanged.
@@ -97,7 +99,8 @@ def with_safe_checkpoints(trainer_class):
         trainer_class, SafeCheckpointMixin
     ):
         return trainer_class
-    return type(trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {})
+    mixins = (SafeCheckpointMixin, SampledEvalMixin)
+    return type(trainer_class.__name__, (*mixins, trainer_class), {})
 
 
 Trainer = with_safe_checkpoints(RecBoleTrainer)
