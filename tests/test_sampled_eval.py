@@ -230,6 +230,22 @@ def test_several_held_out_rows_per_user_and_small_chunks(workdir, monkeypatch):
     assert torch.equal(results["ours_struct"]["rec.topk"], results["recbole_struct"]["rec.topk"])
 
 
+def test_value_metrics_on_sampled_rows(workdir):
+    """AUC/LogLoss over uni100 rows: RecBole's hook returns per-row scores, not a table."""
+    split = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user"}
+    config = tiny_config(
+        "SASRec",
+        workdir,
+        metrics=["AUC", "LogLoss"],
+        valid_metric="AUC",
+        eval_args={**split, "mode": "uni100"},
+    )
+    _, model, _, _, test_data = build(config)
+    ours, results = evaluate_both(config, model, DrawnBatches(test_data))
+    assert ours.encode_once is True
+    assert results["ours"] == results["recbole"] and set(results["ours"]) == {"auc", "logloss"}
+
+
 def test_a_batch_not_laid_out_as_recbole_does_is_scored_row_by_row(workdir, caplog):
     config = tiny_config("SASRec", workdir)
     _, model, _, _, test_data = build(config)
