@@ -100,9 +100,14 @@ def repeats_held_out_rows(
     False
     """
     n_rows, n_held_out = row_query.numel(), query_rows.numel()
-    blocks = torch.arange(n_held_out).repeat_interleave(n_rows // n_held_out)  # (N,)
-    if n_rows % n_held_out == 0 and torch.equal(row_query, blocks):  # block of each held-out row
-        view = column.view(n_held_out, n_rows // n_held_out, *column.shape[1:])  # (P, times, ...)
+    times = n_rows // max(n_held_out, 1)
+    held_out = torch.arange(n_held_out)
+    if (
+        n_rows == n_held_out * times
+        and torch.equal(row_query, held_out.repeat_interleave(times))  # one block per held-out row
+        and torch.equal(query_rows // times, held_out)  # the held-out row in its own block
+    ):
+        view = column.view(n_held_out, times, *column.shape[1:])  # (P, times, ...)
         return torch.equal(view, view[:, :1].expand_as(view))
     return torch.equal(column, column[query_rows[row_query]])
 
