@@ -34,6 +34,7 @@ from recbole.utils import init_seed
 
 from recbole_ext.benchmark import BenchmarkSpec, expand_seeds, read_rows, run_benchmark
 from recbole_ext.config import Config
+from recbole_ext.config_sections import read_section
 from recbole_ext.data.expctr_dataset import same_samples_overrides
 from recbole_ext.expctr_results import (
     METRICS,
@@ -56,10 +57,19 @@ from recbole_ext.expctr_results import (
     verified_resamples,
     write_csv,
 )
-from recbole_ext.expctr_run import ExpCTRRun, ExpCTRSample, StoredRun, run_folder, stage_names
+from recbole_ext.expctr_run import (
+    FOLDER_PREFIX,
+    ExpCTRRun,
+    ExpCTRSample,
+    StoredRun,
+    run_folder,
+    run_key,
+    stage_names,
+)
 from recbole_ext.llm.store import ResponseStore
+from recbole_ext.model.context_aware_recommender.expctr import ExpCTRConfig
 from recbole_ext.quick_start import build
-from recbole_ext.rl.config import ExpCTRConfig, ppo_config
+from recbole_ext.rl.ppo import PPOConfig
 from recbole_ext.utils import create_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +93,16 @@ def expctr_runs(runs: Path) -> list[dict]:
     if not rows:
         raise SystemExit(f"no ExpCTR runs in {runs}: run step 1 of this script's docstring")
     return rows
+
+
+def run_settings(args, run: dict) -> Config:
+    """The config of a recorded ExpCTR run: its seed under this script's ``--expctr_preset``,
+    checked to have the run's key (the folder of its model file)."""
+    config = expctr_config(args.dataset, args.expctr_preset, run["config"]["seed"], state="WARNING")
+    folder = run_folder(run["model_file"])
+    if folder.name != f"{FOLDER_PREFIX}{run_key(config)}":
+        raise SystemExit(f"settings differ from the run's ({folder.name} vs key {run_key(config)})")
+    return config
 
 
 def stored_run(output: Path, run: dict) -> StoredRun:
@@ -124,8 +144,8 @@ def table_rows(output: Path, runs: Path) -> dict[str, dict[int, dict[str, float]
 
 def table(args) -> None:
     rows = table_rows(args.output, args.output / "runs")
-    run_config = expctr_runs(args.output / "runs")[0]["config"]
-    samples = ExpCTRConfig.from_recbole_config(run_config)  # the run's resolved sample settings
+    first = expctr_runs(args.output / "runs")[0]
+    samples = read_section(run_settings(args, first), ExpCTRConfig)  # the run's sample settings
     summary, best = table1_summary(rows)
     lines = [
         f"ml-100k, ExpCTR §5.1 samples (preset `{samples.preset}`: {samples.targets_per_user} "
@@ -191,7 +211,9 @@ def trajectory(args) -> None:
         steps = reward_trajectory(stored_run(args.output, run))
         rows += [{"seed": run["config"]["seed"], **step} for step in steps]
     write_csv(args.output / "reward_trajectory.csv", rows, ["seed", *TRAJECTORY_FIELDS])
-    batch = ppo_config(expctr_runs(args.output / "runs")[0]["config"]).batch_size
+    batch = read_section(
+        run_settings(args, expctr_runs(args.output / "runs")[0]), PPOConfig
+    ).batch_size
     curves: dict[tuple[str, str], list[float]] = {}
     for r in rows:
         curves.setdefault((r["reward"], f"seed {r['seed']}"), []).append(float(r["raw_reward"]))

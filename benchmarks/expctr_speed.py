@@ -25,10 +25,15 @@ from pathlib import Path
 import torch
 
 from recbole_ext.config import Config
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LoRASettings
 from recbole_ext.llm.local_lm import chat_prompt, load_local_lm
+from recbole_ext.llm.prompts import (
+    ExpCTRPromptWords,
+    expctr_ctr_messages,
+    expctr_explanation_messages,
+)
 from recbole_ext.quick_start import build
-from recbole_ext.rl import PromptDomain, ctr_messages, explanation_messages
 from recbole_ext.rl.policy import LoRAPolicy
 from recbole_ext.rl.ppo import PPOConfig
 from recbole_ext.trainer.expctr import ExpCTRTrainer
@@ -48,17 +53,22 @@ def micro(batch: int, response_length: int, threads: int, device: str, lm: str |
         f"load LM: {time.perf_counter() - start:.1f} s (device {device}, torch threads "
         f"{torch.get_num_threads()})"
     )
-    config = PPOConfig(
-        batch_size=batch, mini_batch_size=min(4, batch), response_length=response_length
+    config = yaml_section(
+        PPOConfig,
+        batch_size=batch,
+        mini_batch_size=min(4, batch),
+        response_length=response_length,
+        update_epochs=1,
     )
-    policy = LoRAPolicy((model, tokenizer), LoRASettings(), config, seed=0, device=device)
-    domain = PromptDomain.named("movie")
+    lora = yaml_section(LoRASettings)
+    policy = LoRAPolicy((model, tokenizer), lora, config, seed=0, device=device)
+    domain = ExpCTRPromptWords.named("movie")
     liked = [
         "Toy Story (1995) Animation, Children's, Comedy",
         "Heat (1995) Action, Crime, Thriller",
     ]
     prompts = [
-        explanation_messages(
+        expctr_explanation_messages(
             liked, ["Copycat (1995) Crime, Drama"], f"Movie number {i} (1996)", domain
         )
         for i in range(batch)
@@ -86,7 +96,7 @@ def micro(batch: int, response_length: int, threads: int, device: str, lm: str |
         f"(padded {rollout.response_length}), minibatch {config.mini_batch_size}, "
         f"{config.update_epochs} epoch: {time.perf_counter() - start:.2f} s"
     )
-    messages = [ctr_messages(t, "Movie (1996)", domain) for t in rollout.texts]
+    messages = [expctr_ctr_messages(t, "Movie (1996)", domain) for t in rollout.texts]
     start = time.perf_counter()
     policy.yes_no_scores(messages)
     _sync(device)

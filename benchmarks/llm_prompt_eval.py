@@ -16,8 +16,9 @@ import time
 
 from llama_cpp import Llama
 
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm.assets import default_gguf_path
-from recbole_ext.llm.rerank import RerankConfig, build_messages
+from recbole_ext.llm.rerank_window import RerankConfig, build_messages
 
 TITLES = [
     "Schindler's List (1993) Drama, War",
@@ -29,7 +30,7 @@ TITLES = [
 
 
 def prompt_text() -> str:
-    cfg = RerankConfig(item_noun="movie")
+    cfg = yaml_section(RerankConfig, item_noun="movie")
     window = [(p, TITLES[p % len(TITLES)]) for p in cfg.positions]
     messages = build_messages(TITLES * 2, window, cfg, structured=True)
     return "\n".join(m["content"] for m in messages)

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LLMClient, LLMConfig, ResponseStore
 from recbole_ext.llm.serve import LocalLLMServer
 
@@ -66,8 +67,8 @@ def main() -> None:
     batch = prompts(args.requests)
     results = []
     with tempfile.TemporaryDirectory() as tmp, LocalLLMServer(n_threads=args.n_threads) as server:
-        config = LLMConfig(
-            base_url=server.base_url, max_concurrency=args.concurrency, temperature=0.0
+        config = yaml_section(
+            LLMConfig, base_url=server.base_url, max_concurrency=args.concurrency, temperature=0.0
         )
         with ResponseStore(Path(tmp) / "bench.sqlite") as store:
             client = LLMClient(config, store, show_progress=False)

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 import recbole_ext.data.dataset as dataset_module
+from recbole_ext.config_sections import read_section
 from recbole_ext.data.item_text import item_texts
 from recbole_ext.data.lrrecsys_dataset import SAMPLE_ID, LRRecsysDataset
 from recbole_ext.llm.config import LLMConfig
-from recbole_ext.llm.explain import (
+from recbole_ext.llm.lrrecsys_explanations import (
     EXPLANATION_KIND,
-    explanation_config_from,
+    ExplanationConfig,
     explanation_record_key,
     top_keywords,
 )
@@ -98,8 +99,8 @@ def attention_report(model, test_data, output: Path) -> dict:
 
 
 def stored_texts(config, samples, indices) -> list[dict | None]:
-    llm = LLMConfig.from_recbole_config(config)
-    exp = explanation_config_from(config)
+    llm = read_section(config, LLMConfig)
+    exp = read_section(config, ExplanationConfig)
     with ResponseStore(llm.store_path) as store:
         return [
             store.get_record(

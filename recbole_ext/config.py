@@ -7,7 +7,9 @@ Precedence, lowest first (RecBole's rule, with our layers inserted after RecBole
 3. ``recbole_ext/properties/model/<Model>.yaml``;
 4. ``recbole_ext/properties/dataset/<dataset>.yaml``;
 5. ``recbole_ext/properties/protocol/<eval_protocol>.yaml`` when ``eval_protocol`` is set;
-6. ``recbole_ext/properties/preset/<preset>.yaml`` when ``preset`` is set (a training recipe,
+6. ``recbole_ext/properties/preset/<model>_<name>.yaml`` when the model yaml has a
+   ``<model>_preset`` key (ExpCTR's ``expctr_preset: tiny | paper``), then
+   ``recbole_ext/properties/preset/<preset>.yaml`` when ``preset`` is set (a training recipe,
    e.g. ``--preset=autodisenseq_authors``);
 7. user ``config_file_list`` < ``config_dict`` < ``cmd_args`` (``--key=value`` strings).
 
@@ -40,6 +42,7 @@ from recbole_ext.config_checks import (
     unknown_keys_message,
     yaml_keys,
 )
+from recbole_ext.config_sections import preset_names
 from recbole_ext.data.atomic_files import interaction_files, read_header
 from recbole_ext.utils import get_model
 
@@ -131,7 +134,20 @@ class Config(RecBoleConfig):
                 known = sorted(p.stem for p in (PROPERTIES_DIR / "protocol").glob("*.yaml"))
                 raise ValueError(f"eval_protocol={protocol!r} is unknown; choose one of {known}")
             self._update_internal_config_dict(str(file))
+        self._load_model_preset(model)
         self._load_preset()
+
+    def _load_model_preset(self, model: str):
+        """Layer ``properties/preset/<model>_<name>.yaml`` for the model's own preset key
+        ``<model>_preset: <name>`` (the user's value, else the model yaml's)."""
+        key, family = f"{model.lower()}_preset", f"{model.lower()}_"
+        name = self.external_config_dict.get(key, self.internal_config_dict.get(key))
+        if name:
+            file = PROPERTIES_DIR / "preset" / f"{family}{name}.yaml"
+            if not file.is_file():
+                known = preset_names(model.lower())
+                raise ValueError(f"{key}={name!r} is unknown; choose one of {known}")
+            self._update_internal_config_dict(str(file))
 
     def _load_preset(self):
         """Layer ``properties/preset/<preset>.yaml`` (the user's ``preset``, else a yaml's)."""

@@ -34,17 +34,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from recbole_ext.config import config_to_plain
+from recbole_ext.config_sections import PROPERTIES_DIR, read_section
 from recbole_ext.data.expctr_dataset import history_texts
 from recbole_ext.data.item_text import item_texts
-from recbole_ext.llm.config import LLMConfig
+from recbole_ext.llm.config import LLMConfig, LoRASettings
 from recbole_ext.llm.local_lm import load_local_lm
+from recbole_ext.llm.prompts import (
+    ExpCTRPromptWords,
+    expctr_ctr_messages,
+    expctr_explanation_messages,
+    expctr_icl_messages,
+)
 from recbole_ext.llm.store import ResponseStore
-from recbole_ext.rl import PromptDomain, ctr_messages, explanation_messages, icl_messages
-from recbole_ext.rl.config import ExpCTRConfig, lora_settings, ppo_config
+from recbole_ext.model.context_aware_recommender.expctr import ExpCTRConfig
 from recbole_ext.rl.policy import LoRAPolicy
+from recbole_ext.rl.ppo import PPOConfig
 
 FOLDER_PREFIX = "expctr-"
 INIT = "init"  # the generator before any PPO stage: the base LM, adapters off
@@ -69,16 +77,41 @@ RUN_KEY_FIELDS = (
     "llm_encoder",
 )
 RUN_KEY_PREFIXES = ("expctr_", "ppo_", "lora_")
+MODEL_YAML = PROPERTIES_DIR / "model" / "ExpCTR.yaml"
+TINY_PRESET_YAML = PROPERTIES_DIR / "preset" / "expctr_tiny.yaml"
 
 
 def run_key(config) -> str:
-    """Short hash of the settings that determine a run's stages (its resume identity)."""
+    """Short hash of the settings that determine a run's stages (its resume identity).
+
+    The preset enters the hash in the form runs were first keyed (:func:`preset_as_first_keyed`),
+    so runs recorded before presets became yaml layers keep their keys: they resume, and their
+    store records are found (benchmarks/results/expctr: the report reopens runs by key).
+    """
     values = {k: config[k] for k in RUN_KEY_FIELDS if k in config}
     values.update(
         {k: v for k, v in config.final_config_dict.items() if k.startswith(RUN_KEY_PREFIXES)}
     )
+    values.update(preset_as_first_keyed(config))
     text = json.dumps(config_to_plain(values), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def preset_as_first_keyed(config) -> dict[str, Any]:
+    """The tiny preset as run keys first saw it: a mapping ``expctr_tiny_preset`` inside
+    ExpCTR.yaml (present whatever the preset), applied only as the settings were read -- so under
+    ``expctr_preset: tiny`` the hashed value of each key it sets was ExpCTR.yaml's, unless the
+    user set the key. Now ``properties/preset/expctr_tiny.yaml`` holds that mapping as a layer."""
+
+    def load(path: Path) -> dict[str, Any]:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=config.yaml_loader) or {}
+
+    tiny = load(TINY_PRESET_YAML)
+    values: dict[str, Any] = {"expctr_tiny_preset": tiny}
+    if config["expctr_preset"] == "tiny":
+        model, user = load(MODEL_YAML), config.external_config_dict
+        values.update({key: model[key] for key in tiny if key not in user})
+    return values
 
 
 def stage_seed(name: str) -> int:
@@ -245,13 +278,13 @@ class ExpCTRRun(StoredRun):
 
     def __init__(self, config, *, store: ResponseStore | None = None, lm=None) -> None:
         if store is None:
-            store = ResponseStore(LLMConfig.from_recbole_config(config).store_path)
+            store = ResponseStore(read_section(config, LLMConfig).store_path)
         folder = Path(config["checkpoint_dir"]) / f"{FOLDER_PREFIX}{run_key(config)}"
         super().__init__(store, folder)
-        self.settings = ExpCTRConfig.from_recbole_config(config)
-        self.ppo = ppo_config(config)
-        self.lora = lora_settings(config)
-        self.domain = PromptDomain.named(self.settings.domain)
+        self.settings = read_section(config, ExpCTRConfig)
+        self.ppo = read_section(config, PPOConfig)
+        self.lora = read_section(config, LoRASettings)
+        self.domain = ExpCTRPromptWords.named(self.settings.domain)
         self.seed: int = config["seed"]
         self.device = config["device"]
         self.item_text_fields = config["item_text_fields"]
@@ -299,8 +332,8 @@ class ExpCTRRun(StoredRun):
                     row=row,
                     label=int(label),
                     target_text=target,
-                    prompt=explanation_messages(liked, disliked, target, self.domain),
-                    icl_prompt=icl_messages(liked, disliked, target, self.domain),
+                    prompt=expctr_explanation_messages(liked, disliked, target, self.domain),
+                    icl_prompt=expctr_icl_messages(liked, disliked, target, self.domain),
                     dataset=dataset,
                 )
             )
@@ -400,7 +433,9 @@ class ExpCTRRun(StoredRun):
         the one π_φ holds), through the store: the ExpCTR-LLM scores."""
         kind = self.kind("llm_score", generator or self.generator)
         return self._scores(
-            kind, samples, lambda i: ctr_messages(texts[i], samples[i].target_text, self.domain)
+            kind,
+            samples,
+            lambda i: expctr_ctr_messages(texts[i], samples[i].target_text, self.domain),
         )
 
     def icl_scores(self, samples: list[ExpCTRSample]) -> list[float]:
@@ -463,7 +498,10 @@ class ExpCTRRun(StoredRun):
                 torch.manual_seed(seed + start)
                 texts = policy.generate([s.prompt for s in chunk]).texts
                 scores = policy.yes_no_scores(
-                    [ctr_messages(t, s.target_text, self.domain) for s, t in zip(chunk, texts)]
+                    [
+                        expctr_ctr_messages(t, s.target_text, self.domain)
+                        for s, t in zip(chunk, texts)
+                    ]
                 )
                 for i, text, score in zip(range(start, start + len(chunk)), texts, scores):
                     stored[i] = {"text": text, "score": score}

@@ -3,7 +3,8 @@ test ranking, measured before and after on the same candidate lists.
 
 ``run(..., llm_rerank=True)`` calls :func:`rerank_test` after the test evaluation;
 ``python run_recbole_ext.py --rerank_from=saved/<model>.pth`` calls :func:`rerank_saved` (no
-retraining). The prompt, reply repair and metrics live in :mod:`recbole_ext.llm.rerank`.
+retraining). The prompt, reply repair and the batch of LLM calls live in
+:mod:`recbole_ext.llm.rerank_window`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import numpy as np
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 
+from recbole_ext.config_sections import read_section
 from recbole_ext.data.item_text import item_texts
 from recbole_ext.llm.config import LLMConfig
-from recbole_ext.llm.rerank import RerankConfig, UserRanking, rerank_users
+from recbole_ext.llm.rerank_window import RerankConfig, UserRanking, rerank_users
 from recbole_ext.metrics import metrics_from_ranks, ndcg_from_ranks
 
 
@@ -91,8 +93,8 @@ def rerank_test(config, trainer, test_data, dataset, *, show_progress: bool = Tr
     """
     from recbole_ext.llm.serve import llm_session
 
-    cfg = RerankConfig.from_recbole_config(config)
-    llm = LLMConfig.from_recbole_config(config)
+    cfg = read_section(config, RerankConfig)
+    llm = read_section(config, LLMConfig)
     texts = item_texts(dataset, list(config["item_text_fields"] or []))
     users = collect_rankings(trainer, test_data, texts)
     if cfg.max_users is not None:

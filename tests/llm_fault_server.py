@@ -148,6 +148,7 @@ def batch_job_prompts(n: int) -> list[list[dict]]:
 
 def main() -> None:
     """Batch job for the resume test: chat_batch over ``n`` prompts into the store."""
+    from recbole_ext.config_sections import yaml_section
     from recbole_ext.llm import LLMClient, LLMConfig, ResponseStore
 
     parser = argparse.ArgumentParser()
@@ -156,8 +157,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
-    config = LLMConfig(
-        base_url=args.base_url, model="fault", max_concurrency=args.concurrency, backoff_base=0.01
+    config = yaml_section(
+        LLMConfig,
+        base_url=args.base_url,
+        model="fault",
+        max_concurrency=args.concurrency,
+        backoff_base=0.01,
     )
     with (
         ResponseStore(args.store) as store,

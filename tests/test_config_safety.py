@@ -27,6 +27,7 @@ from recbole_ext.config_checks import (
     preset_yamls,
     shared_sources,
 )
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LLMConfig
 from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning
 from tests.conftest import REPO_DIR, TESTS_DIR, TINY_DATA, TINY_YAML
@@ -136,9 +137,9 @@ def test_every_declared_credential_looking_key_holds_no_secret():
 
 def test_llm_config_takes_a_variable_name_not_a_key():
     with pytest.raises(ValueError, match="NAME of an environment variable") as err:
-        LLMConfig(api_key_env=SECRET)
+        yaml_section(LLMConfig, api_key_env=SECRET)
     assert SECRET not in str(err.value)
-    assert LLMConfig(api_key_env="MY_LLM_KEY").api_key_env == "MY_LLM_KEY"
+    assert yaml_section(LLMConfig, api_key_env="MY_LLM_KEY").api_key_env == "MY_LLM_KEY"
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from recbole_ext.config import Config
+from recbole_ext.config_sections import read_section
 from recbole_ext.data.expctr_samples import build_samples
 from recbole_ext.expctr_results import ctr_metrics
+from recbole_ext.model.context_aware_recommender.expctr import ExpCTRConfig
 from recbole_ext.quick_start import build
-from recbole_ext.rl.config import ExpCTRConfig, ppo_config
+from recbole_ext.rl.ppo import PPOConfig
 from recbole_ext.trainer.expctr import ExpCTRTrainer
 from tests.conftest import TINY_DATA, TINY_YAML
 
@@ -152,10 +154,10 @@ def test_dataset_holds_the_samples_split_8_1_1(workdir):
     for user, item in zip(users, dataset.inter_feat["item_id"].tolist()):
         liked, disliked = dataset.expctr_history[(user, item)]
         assert len(liked) + len(disliked) <= 10 and item not in liked + disliked
-    settings = ExpCTRConfig.from_recbole_config(config)
-    assert settings.preset == "tiny" and settings.iterations == 1  # from expctr_tiny_preset
+    settings = read_section(config, ExpCTRConfig)
+    assert settings.preset == "tiny" and settings.iterations == 1  # from preset/expctr_tiny.yaml
     assert settings.targets_per_user == 1  # the explicit setting wins over the preset's 3
-    ppo = ppo_config(config)
+    ppo = read_section(config, PPOConfig)
     assert (ppo.kl_coef, ppo.learning_rate, ppo.reward_clip) == (0.05, 1e-5, 1.0)  # paper
     assert ppo.response_length == 4 and ppo.batch_size == 8
 

@@ -9,8 +9,8 @@ import torch
 
 from recbole_ext.expctr_results import mean_std
 from recbole_ext.expctr_run import stage_seed
+from recbole_ext.llm.prompts import expctr_ctr_messages
 from recbole_ext.quick_start import build
-from recbole_ext.rl import ctr_messages
 from recbole_ext.rl.ppo import generate_responses
 from recbole_ext.trainer.expctr import ExpCTRTrainer
 from tests.conftest import REPO_DIR
@@ -80,7 +80,7 @@ def test_icl_explanations_are_the_base_models_whatever_the_adapters(workdir):
     ).texts
     assert adapted != expected  # the adapters do change the policy's explanations
     lc = trainer.run.policy.yes_no_scores(
-        [ctr_messages(t, s.target_text, trainer.run.domain) for s, t in zip(samples, texts)]
+        [expctr_ctr_messages(t, s.target_text, trainer.run.domain) for s, t in zip(samples, texts)]
     )
     assert scores == pytest.approx(lc)
     assert trainer.run.generator == "init"

@@ -13,6 +13,7 @@ import yaml
 
 from recbole_ext.benchmark import BenchmarkSpec
 from recbole_ext.config import Config
+from recbole_ext.config_sections import read_section
 from recbole_ext.expctr_results import (
     adapter_change,
     sensitivity_axes,
@@ -21,7 +22,7 @@ from recbole_ext.expctr_results import (
 )
 from recbole_ext.expctr_run import run_key
 from recbole_ext.llm.store import ResponseStore
-from recbole_ext.rl.config import ppo_config
+from recbole_ext.rl.ppo import PPOConfig
 from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning
 from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
 
@@ -47,7 +48,7 @@ def test_every_point_of_the_space_reaches_ppo(workdir):
             [str(TINY_YAML)],
             {"data_path": str(TINY_DATA), "ppo_kl_coef": beta, "ppo_reward_clip": delta},
         )
-        ppo = ppo_config(config)
+        ppo = read_section(config, PPOConfig)
         assert (ppo.kl_coef, ppo.reward_clip) == (beta, delta)
 
 

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import RAISE, LLMClient, LLMConfig, LLMRequestError, ResponseStore
 from tests.llm_fault_server import FaultServer, batch_job_prompts
 
@@ -28,7 +29,7 @@ def make_client(server, store=None, **overrides) -> LLMClient:
         "backoff_max": 0.05,
         **overrides,
     }
-    return LLMClient(LLMConfig(**settings), store, show_progress=False)
+    return LLMClient(yaml_section(LLMConfig, **settings), store, show_progress=False)
 
 
 @pytest.fixture
@@ -87,7 +88,9 @@ def test_yes_no_scoring_and_cache_hits_make_no_requests(store):
         assert body["logprobs"] is True and body["top_logprobs"] == 10 and body["max_tokens"] == 1
         assert client.score_yes_no(PROMPT) == pytest.approx(0.75)
         assert len(server.requests) == 1 and client.usage.cache_hits == 1
-    config = LLMConfig(base_url=server.base_url, model="fault", yes_no_temperature=2.0)
+    config = yaml_section(
+        LLMConfig, base_url=server.base_url, model="fault", yes_no_temperature=2.0
+    )
     with FaultServer() as server2, make_client(server2, store, yes_no_temperature=2.0) as client:
         expected = math.sqrt(0.6) / (math.sqrt(0.6) + math.sqrt(0.2))
         assert client.score_yes_no(PROMPT) == pytest.approx(expected)

@@ -1,4 +1,5 @@
-"""LLMConfig: yaml and dataclass defaults agree; mapping reader; start-up errors name the fix."""
+"""LLMConfig: read from llm.yaml (its only defaults) with the yaml's keys, values and types;
+mapping reader; start-up errors name the fix."""
 
 import dataclasses
 import os
@@ -6,6 +7,7 @@ import os
 import pytest
 import yaml
 
+from recbole_ext.config_sections import read_section, yaml_section
 from recbole_ext.llm import LLMConfig, LoRASettings
 
 YAML_PATH = os.path.join(
@@ -18,9 +20,9 @@ def load_yaml() -> dict:
         return yaml.safe_load(handle)
 
 
-def test_yaml_and_dataclass_defaults_agree():
+def test_the_section_read_from_the_yaml_has_its_keys_values_and_types():
     from_yaml = load_yaml()
-    defaults = LLMConfig().to_dict()
+    defaults = yaml_section(LLMConfig).to_dict()
     assert set(from_yaml) == set(defaults), "llm.yaml and LLMConfig list different keys"
     for key, value in defaults.items():
         assert from_yaml[key] == value, key
@@ -29,15 +31,16 @@ def test_yaml_and_dataclass_defaults_agree():
 
 
 def test_from_plain_dict_reads_keys_and_places_store_in_checkpoint_dir():
-    config = LLMConfig.from_recbole_config(
-        {"llm_model": "m", "llm_max_concurrency": 2, "checkpoint_dir": "saved", "epochs": 3}
+    config = read_section(
+        {"llm_model": "m", "llm_max_concurrency": 2, "checkpoint_dir": "saved", "epochs": 3},
+        LLMConfig,
     )
     assert config.model == "m" and config.max_concurrency == 2
     assert config.temperature == 0.0  # absent key keeps the default
     assert config.store_path == os.path.join("saved", "llm_store.sqlite")
-    explicit = LLMConfig.from_recbole_config({"llm_store_path": "/x/s.db", "checkpoint_dir": "c"})
+    explicit = read_section({"llm_store_path": "/x/s.db", "checkpoint_dir": "c"}, LLMConfig)
     assert explicit.store_path == "/x/s.db"
-    assert LLMConfig.from_recbole_config({}).store_path is None
+    assert read_section({}, LLMConfig).store_path is None
 
 
 def test_from_recbole_style_config_object():
@@ -52,7 +55,7 @@ def test_from_recbole_style_config_object():
             return self.final_config_dict.get(key)
 
     values = {**load_yaml(), "checkpoint_dir": "saved/", "llm_seed": 7}
-    config = LLMConfig.from_recbole_config(FakeRecBoleConfig(values))
+    config = read_section(FakeRecBoleConfig(values), LLMConfig)
     assert config.seed == 7 and config.store_path == os.path.join("saved/", "llm_store.sqlite")
 
 
@@ -70,12 +73,12 @@ def test_from_recbole_style_config_object():
 )
 def test_invalid_settings_name_the_fix(change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        LLMConfig(**change)
+        yaml_section(LLMConfig, **change)
 
 
 def test_api_key_read_from_environment_and_never_in_dict(monkeypatch):
     monkeypatch.setenv("MY_LLM_KEY", "sk-secret")
-    config = LLMConfig(api_key_env="MY_LLM_KEY")
+    config = yaml_section(LLMConfig, api_key_env="MY_LLM_KEY")
     assert config.api_key == "sk-secret"
     assert "sk-secret" not in repr(config) and "sk-secret" not in str(config.to_dict())
     monkeypatch.delenv("MY_LLM_KEY")
@@ -83,9 +86,9 @@ def test_api_key_read_from_environment_and_never_in_dict(monkeypatch):
 
 
 def test_lora_settings():
-    assert LoRASettings(target_modules=["q_proj"]).target_modules == ("q_proj",)
+    assert yaml_section(LoRASettings, target_modules=["q_proj"]).target_modules == ("q_proj",)
     with pytest.raises(ValueError, match="rank of at least 1"):
-        LoRASettings(r=0)
+        yaml_section(LoRASettings, r=0)
     assert [f.name for f in dataclasses.fields(LoRASettings)] == [
         "r",
         "alpha",

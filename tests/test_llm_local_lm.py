@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LoRASettings
 from recbole_ext.llm.local_lm import add_lora, generate_texts, reference_mode, split_model_path
 from tests.llm_fixtures import smollm2
@@ -48,7 +49,9 @@ def test_lora_step_changes_adapters_only_and_reference_equals_base(tmp_path):
     with torch.no_grad():
         base_logits = model(**inputs).logits  # (B, T, V)
 
-    policy = add_lora(model, LoRASettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")))
+    policy = add_lora(
+        model, yaml_section(LoRASettings, r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    )
     trainable = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)

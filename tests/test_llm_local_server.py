@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LLMClient, LLMConfig, ResponseStore
 from recbole_ext.llm.local_lm import next_token_top_logprobs
 from recbole_ext.llm.parsing import extract_json, is_permutation, yes_no_probability
@@ -39,7 +40,7 @@ CANDIDATES = [3, 1, 4, 2, 5]
 def session(tmp_path_factory):
     require_gguf()
     store_path = tmp_path_factory.mktemp("llm") / "store.sqlite"
-    config = LLMConfig(base_url=None, store_path=str(store_path), max_tokens=48)
+    config = yaml_section(LLMConfig, base_url=None, store_path=str(store_path), max_tokens=48)
     with llm_session(config, show_progress=False) as client:  # starts llama_cpp.server
         yield client
 
@@ -125,7 +126,9 @@ def test_server_start_failures_are_clear(tmp_path):
 def test_server_killed_mid_request_names_the_signal():
     """A crash while answering (the AMX SIGSEGV of a native llama.cpp build) is reported at once,
     with the signal and the portable-build hint, not after every retry as a 'Connection error'."""
-    config = LLMConfig(base_url=None, store_path=None, max_retries=4, backoff_base=5.0)
+    config = yaml_section(
+        LLMConfig, base_url=None, store_path=None, max_retries=4, backoff_base=5.0
+    )
     with LocalLLMServer.from_config(config, logprobs=False) as server:
         config = dataclasses.replace(config, base_url=server.base_url)
         long_reply = [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}]

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 import recbole_ext.data.dataset as dataset_module
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.data.lrrecsys_dataset import LRRecsysDataset
 from recbole_ext.data.lrrecsys_samples import TEST, TRAIN, VALID
 from recbole_ext.llm import LLMClient, LLMConfig, ResponseStore
-from recbole_ext.llm.explain import (
-    MOVIE,
+from recbole_ext.llm.lrrecsys_explanations import (
     ExplanationConfig,
     ExplanationGenerator,
     SampleText,
     clean_reply,
-    render_explanation_prompt,
 )
+from recbole_ext.llm.prompts import LRRECSYS_MOVIE, lrrecsys_explanation_messages
 from recbole_ext.model.context_aware_recommender.lrrecsys import (
     ExplanationAutoEncoder,
     HistoryEncoder,
@@ -167,7 +167,9 @@ def test_history_encoder_ignores_padding():
 # Prompts and reply cleaning
 # ------------------------------------------------------------------------------------------------
 def test_movie_prompts_render_history_and_candidate():
-    (message,) = render_explanation_prompt(MOVIE, "neg", ["Heat (1995)", "Jaws (1975)"], "Babe")
+    (message,) = lrrecsys_explanation_messages(
+        LRRECSYS_MOVIE, "neg", ["Heat (1995)", "Jaws (1975)"], "Babe"
+    )
     text = message["content"]
     assert '"Heat (1995)"; "Jaws (1975)"' in text and 'profile "Babe"?' in text
     assert "did not watch the following recommended movie" in text
@@ -189,9 +191,9 @@ class Interrupted(Exception):
 
 
 def test_explanations_resume_after_interruption_without_reasking(tmp_path):
-    config = ExplanationConfig(use_profiles=True, chunk_size=4)
+    config = yaml_section(ExplanationConfig, use_profiles=True, chunk_size=4)
     with FaultServer() as server:
-        llm = LLMConfig(base_url=server.base_url, max_concurrency=2)
+        llm = yaml_section(LLMConfig, base_url=server.base_url, max_concurrency=2)
         store_path = tmp_path / "store.sqlite"
         with ResponseStore(store_path) as store, LLMClient(llm, store, show_progress=False) as c:
             generator = ExplanationGenerator(c, config, ITEMS)

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LLMConfig
-from recbole_ext.llm.rerank import RerankConfig, UserRanking, rerank_users
+from recbole_ext.llm.rerank_window import RerankConfig, UserRanking, rerank_users
 from recbole_ext.llm.serve import llm_session
 from recbole_ext.metrics import metrics_from_ranks
 from recbole_ext.quick_start import run
@@ -126,8 +127,10 @@ def test_item_text_cannot_leak_ids_or_move_the_top(tmp_path):
         UserRanking(ranking=list(range(1 + u, 101 + u)), target=3 + u, history=[injection])
         for u in range(2)
     ]
-    config = LLMConfig(base_url=None, store_path=str(tmp_path / "s.sqlite"), max_concurrency=1)
-    cfg = RerankConfig()
+    config = yaml_section(
+        LLMConfig, base_url=None, store_path=str(tmp_path / "s.sqlite"), max_concurrency=1
+    )
+    cfg = yaml_section(RerankConfig)
     with llm_session(config, show_progress=False, logprobs=False) as client:
         out = rerank_users(users, texts, client, cfg)
     for user, after in zip(users, out["rankings_after"]):

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LoRASettings
 from recbole_ext.llm.local_lm import chat_prompt
 from recbole_ext.rl.policy import LoRAPolicy, saved_adapters
@@ -13,12 +14,19 @@ from recbole_ext.rl.ppo import PPOConfig
 from tests.test_expctr import tiny_lm
 
 PROMPTS = [[{"role": "user", "content": f"will they like item {i}? explain"}] for i in range(4)]
-PPO = PPOConfig(batch_size=4, mini_batch_size=2, response_length=5, learning_rate=1e-2)
+PPO = yaml_section(
+    PPOConfig,
+    batch_size=4,
+    mini_batch_size=2,
+    response_length=5,
+    learning_rate=1e-2,
+    update_epochs=1,
+)
 
 
 def _policy(seed=0, lora=None, **kwargs):
     base, tokenizer = tiny_lm()
-    lora = lora or LoRASettings(r=4, alpha=8)
+    lora = lora or yaml_section(LoRASettings, r=4, alpha=8)
     return LoRAPolicy((copy.deepcopy(base), tokenizer), lora, PPO, seed=seed, **kwargs)
 
 
@@ -71,7 +79,7 @@ def test_restore_gives_back_adapters_value_head_and_optimiser(tmp_path):
 def test_restore_refuses_adapters_of_other_lora_settings(tmp_path):
     _policy().save(tmp_path / "generator.pt")
     with pytest.raises(ValueError, match="other lora_\\* settings"):
-        _policy(lora=LoRASettings(r=2, alpha=8)).restore(tmp_path / "generator.pt")
+        _policy(lora=yaml_section(LoRASettings, r=2, alpha=8)).restore(tmp_path / "generator.pt")
     with pytest.raises(ValueError, match="lc_score_input='logits'"):
         _policy(lc_score_input="logits")
 

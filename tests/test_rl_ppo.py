@@ -6,6 +6,7 @@ import functools
 import pytest
 import torch
 
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LoRASettings
 from recbole_ext.llm.local_lm import add_lora, reference_mode
 from recbole_ext.rl.ppo import (
@@ -112,11 +113,11 @@ def test_whiten_and_response_mask():
 
 def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="does not divide"):
-        PPOConfig(batch_size=8, mini_batch_size=3)
+        yaml_section(PPOConfig, batch_size=8, mini_batch_size=3)
     with pytest.raises(ValueError, match="paper: 0.05"):
-        PPOConfig(kl_coef=-1)
+        yaml_section(PPOConfig, kl_coef=-1)
     with pytest.raises(ValueError, match="positive"):
-        PPOConfig(temperature=0)
+        yaml_section(PPOConfig, temperature=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,10 +134,17 @@ def tiny_lm():
 def test_ppo_step_moves_only_lora_and_value_head_and_kl_starts_at_zero():
     base, tokenizer = tiny_lm()
     torch.manual_seed(0)
-    policy = add_lora(copy.deepcopy(base), LoRASettings(r=4, alpha=8))
+    policy = add_lora(copy.deepcopy(base), yaml_section(LoRASettings, r=4, alpha=8))
     policy.eval()
     value_head = ValueHead(base.config.hidden_size)
-    config = PPOConfig(batch_size=4, mini_batch_size=2, response_length=6, learning_rate=1e-2)
+    config = yaml_section(
+        PPOConfig,
+        batch_size=4,
+        mini_batch_size=2,
+        response_length=6,
+        learning_rate=1e-2,
+        update_epochs=1,
+    )
     optimizer = make_optimizer(policy, value_head, config)
     prompts = [[{"role": "user", "content": f"explain item {i} please"}] for i in range(4)]
     rollout = generate_responses(policy, tokenizer, prompts, config)

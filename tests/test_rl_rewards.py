@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from recbole_ext.rl import prompts, rewards
+from recbole_ext.llm import prompts
+from recbole_ext.rl import rewards
 from recbole_ext.rl.rewards import ic_reward, lc_reward, lc_score, normalize_and_clip
 
 
@@ -58,12 +59,14 @@ def test_eq13_ic_reward():
 
 
 def test_prompts_follow_the_paper_and_the_domain():
-    domain = prompts.PromptDomain.named("movie")
-    text = prompts.explanation_messages(["A (1995)", "B (1996)"], ["C (1990)"], "T (1997)", domain)
+    domain = prompts.ExpCTRPromptWords.named("movie")
+    text = prompts.expctr_explanation_messages(
+        ["A (1995)", "B (1996)"], ["C (1990)"], "T (1997)", domain
+    )
     content = text[0]["content"]
     assert 'The liked movies: "A (1995)", "B (1996)"\nThe disliked movies: "C (1990)"' in content
     assert content.endswith("The answer should be within one sentence.")
-    ctr = prompts.ctr_messages("  They like it. ", "T (1997)", domain)[0]["content"]
+    ctr = prompts.expctr_ctr_messages("  They like it. ", "T (1997)", domain)[0]["content"]
     assert "The user thought: They like it.\n" in ctr and 'answering "Yes." or "No."' in ctr
     with pytest.raises(ValueError, match="choose one of"):
-        prompts.PromptDomain.named("music")
+        prompts.ExpCTRPromptWords.named("music")

@@ -9,12 +9,13 @@ from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from recbole_ext.config import Config
+from recbole_ext.config_sections import yaml_section
 from recbole_ext.data.expctr_dataset import same_samples_overrides
 from recbole_ext.data.item_text import item_texts
 from recbole_ext.llm.local_lm import chat_prompt
+from recbole_ext.llm.prompts import ExpCTRPromptWords, expctr_icl_messages
 from recbole_ext.model.context_aware_recommender.tallrec import TALLRec, TALLRecConfig
 from recbole_ext.quick_start import build
-from recbole_ext.rl.prompts import PromptDomain, icl_messages
 from recbole_ext.trainer.expctr import ExpCTRTrainer
 from recbole_ext.utils import create_dataset, get_trainer
 from tests.conftest import TINY_DATA, TINY_YAML
@@ -73,11 +74,11 @@ def test_loss_is_the_yes_no_cross_entropy_on_a_hand_example(workdir, monkeypatch
         interaction["user_id"].tolist(), interaction["item_id"].tolist(), (1, 0), strict=True
     ):
         liked, disliked = train._dataset.expctr_history[(user, item)]
-        messages = icl_messages(
+        messages = expctr_icl_messages(
             [texts[i] for i in liked],
             [texts[i] for i in disliked],
             texts[item],
-            PromptDomain.named("movie"),
+            ExpCTRPromptWords.named("movie"),
         )
         ids = tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
         with torch.no_grad():
@@ -151,11 +152,11 @@ def test_untrained_tallrec_is_expctrs_icl_on_the_same_samples(workdir):
 
 def test_settings_fail_with_the_fix(workdir):
     with pytest.raises(ValueError, match="tallrec_temperature"):
-        TALLRecConfig(temperature=0.0)
+        yaml_section(TALLRecConfig, temperature=0.0)
     with pytest.raises(ValueError, match="both"):
-        TALLRecConfig(pos_tokens=("Yes",), neg_tokens=("Yes", "No"))
+        yaml_section(TALLRecConfig, pos_tokens=("Yes",), neg_tokens=("Yes", "No"))
     with pytest.raises(ValueError, match="expctr_domain"):
-        TALLRecConfig(domain="music")
+        yaml_section(TALLRecConfig, domain="music")
     # RecBole's plain dataset: no histories (and _config's ExpCTR sample keys go unused)
     config = _config(workdir, dataset_class=None, allow_unknown_keys=True)
     init_seed(config["seed"], config["reproducibility"])

@@ -23,13 +23,14 @@ import numpy as np
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType, ModelType
 
+from recbole_ext.config_sections import read_section
 from recbole_ext.data.expctr_samples import (
+    ExpCTRSampleConfig,
     build_samples,
     negative_sequences,
     padded_sequences,
     sample_key,
 )
-from recbole_ext.rl.config import ExpCTRConfig
 
 # Settings of a user's config that decide the samples or the split, copied as the user gave them.
 SPLIT_KEYS = ("data_path", "eval_args", "threshold", "load_col")
@@ -39,10 +40,10 @@ def same_samples_overrides(config: Any) -> dict[str, Any]:
     """Overrides under which any CTR model sees the §5.1 samples and 8:1:1 split of the ExpCTR
     ``config`` -- for the seed it is run with (pass the same ``seed``).
 
-    The sample settings are resolved (the ``tiny`` preset applied) and written out, so the
-    baseline's config needs no ExpCTR preset.
+    The sample settings are those of ExpCTR's merged config (its preset applied) written out, so
+    the baseline's config needs no ExpCTR preset.
     """
-    settings = ExpCTRConfig.from_recbole_config(config)
+    settings = read_section(config, ExpCTRSampleConfig)
     given = getattr(config, "external_config_dict", {}) or {}
     overrides = {key: given[key] for key in SPLIT_KEYS if key in given}
     overrides.update(
@@ -80,7 +81,7 @@ class ExpCTRDataset(Dataset):
         ((rating_field, value),) = threshold.items()
         if self.time_field is None or self.time_field not in self.inter_feat:
             raise ValueError("ExpCTR orders histories by time: load the timestamp column.")
-        settings = ExpCTRConfig.from_recbole_config(self.config)
+        settings = read_section(self.config, ExpCTRSampleConfig)
         feat = self.inter_feat
         samples = build_samples(
             feat[self.uid_field].to_numpy(),

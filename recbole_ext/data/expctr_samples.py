@@ -13,9 +13,41 @@ The 8:1:1 split of the samples is RecBole's random split (``eval_args.split: RS 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
+
+
+@dataclass
+class ExpCTRSampleConfig:
+    """§5.1's sample settings, read by :class:`~recbole_ext.data.expctr_dataset.ExpCTRDataset`
+    (keys ``expctr_<field>``: ``properties/model/ExpCTR.yaml``, and TALLRec's yaml, which trains
+    on the same samples)."""
+
+    YAML_PREFIX: ClassVar[str] = "expctr_"
+    YAML_FILE: ClassVar[str] = "model/ExpCTR.yaml"
+
+    targets_per_user: int = field(metadata={"help": "§5.1: random interacted targets per user."})
+    max_history: int = field(
+        metadata={"help": "§5.1: chronologically preceding items shown per target."}
+    )
+    max_samples: int | None = field(
+        metadata={"help": "Keep at most this many samples (random); None: all."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.targets_per_user < 1:
+            raise ValueError(
+                f"expctr_targets_per_user={self.targets_per_user}: set at least 1 (paper: 1)."
+            )
+        if self.max_history < 0:
+            raise ValueError(f"expctr_max_history={self.max_history}: set >= 0 (paper: 10).")
+        if self.max_samples is not None and self.max_samples < 10:
+            raise ValueError(
+                f"expctr_max_samples={self.max_samples}: an 8:1:1 split needs at least 10; "
+                "set ~ (all samples) or a larger number."
+            )
 
 
 @dataclass(frozen=True)

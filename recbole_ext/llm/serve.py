@@ -268,17 +268,15 @@ def llm_session(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gguf", default=None, help="GGUF file (default: packaged SmolLM2)")
-    parser.add_argument("--model-alias", default=LLMConfig.model)
+    # unset: LocalLLMServer's own defaults (llm_model, llm_server_n_ctx, llm_server_n_threads)
+    parser.add_argument("--model-alias", default=None)
     parser.add_argument("--port", type=int, default=None, help="default: a free port")
-    parser.add_argument("--n-ctx", type=int, default=LLMConfig.server_n_ctx)
-    parser.add_argument("--n-threads", type=int, default=LLMConfig.server_n_threads)
+    parser.add_argument("--n-ctx", type=int, default=None)
+    parser.add_argument("--n-threads", type=int, default=None)
     args = parser.parse_args(argv)
+    given = {"model_alias": args.model_alias, "n_ctx": args.n_ctx, "n_threads": args.n_threads}
     server = LocalLLMServer(
-        args.gguf,
-        model_alias=args.model_alias,
-        n_ctx=args.n_ctx,
-        n_threads=args.n_threads,
-        port=args.port,
+        args.gguf, port=args.port, **{k: v for k, v in given.items() if v is not None}
     )
     with server:
         print(

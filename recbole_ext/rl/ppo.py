@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,60 +36,70 @@ from recbole_ext.llm.local_lm import chat_prompt, model_device, reference_mode
 
 @dataclass
 class PPOConfig:
-    """Settings of one PPO alignment run (ExpCTR's defaults: §5.1.4)."""
+    """Settings of one PPO alignment run: keys ``ppo_<field>`` of ``properties/model/ExpCTR.yaml``
+    (the paper's values, §5.1.4; read with :func:`recbole_ext.config_sections.read_section`)."""
 
-    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (paper)."})
-    kl_coef: float = field(default=0.05, metadata={"help": "beta of Eq. 7, the KL penalty."})
+    YAML_PREFIX: ClassVar[str] = "ppo_"
+    YAML_FILE: ClassVar[str] = "model/ExpCTR.yaml"
+
+    learning_rate: float = field(metadata={"help": "AdamW learning rate (paper)."})
+    kl_coef: float = field(metadata={"help": "beta of Eq. 7, the KL penalty."})
     reward_clip: float = field(
-        default=1.0, metadata={"help": "delta of Eq. 10: normalised rewards are clipped to ±delta."}
+        metadata={"help": "delta of Eq. 10: normalised rewards are clipped to ±delta."}
     )
-    batch_size: int = field(default=8, metadata={"help": "Prompts per rollout (one PPO batch)."})
+    batch_size: int = field(metadata={"help": "Prompts per rollout (one PPO batch)."})
     mini_batch_size: int = field(
-        default=4, metadata={"help": "Sequences per gradient step; divides batch_size."}
+        metadata={"help": "Sequences per gradient step; divides batch_size."}
     )
-    update_epochs: int = field(default=1, metadata={"help": "Passes over one rollout batch."})
-    response_length: int = field(default=48, metadata={"help": "Max new tokens per response."})
+    update_epochs: int = field(metadata={"help": "Passes over one rollout batch."})
+    response_length: int = field(metadata={"help": "Max new tokens per response."})
     temperature: float = field(
-        default=0.7, metadata={"help": "Sampling temperature (log-probs use the same one)."}
+        metadata={"help": "Sampling temperature (log-probs use the same one)."}
     )
-    cliprange: float = field(default=0.2, metadata={"help": "epsilon of the clipped surrogate."})
+    cliprange: float = field(metadata={"help": "epsilon of the clipped surrogate."})
     cliprange_value: float = field(
-        default=0.2, metadata={"help": "Clip of the value update around the old values."}
+        metadata={"help": "Clip of the value update around the old values."}
     )
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount over response tokens."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
+    vf_coef: float = field(metadata={"help": "Weight of the value loss."})
+    gamma: float = field(metadata={"help": "Discount over response tokens."})
+    lam: float = field(metadata={"help": "GAE lambda."})
+    max_grad_norm: float = field(metadata={"help": "Gradient-norm clip."})
     whiten_advantages: bool = field(
-        default=True, metadata={"help": "Normalise advantages over the batch's response tokens."}
+        metadata={"help": "Normalise advantages over the batch's response tokens."}
     )
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
-            raise ValueError(f"ppo learning_rate={self.learning_rate}: set a positive rate (1e-5).")
+            raise ValueError(
+                f"ppo_learning_rate={self.learning_rate}: set a positive rate (paper: 1e-5)."
+            )
         if self.kl_coef < 0:
-            raise ValueError(f"kl_coef={self.kl_coef}: set beta >= 0 (paper: 0.05).")
+            raise ValueError(f"ppo_kl_coef={self.kl_coef}: set beta >= 0 (paper: 0.05).")
         if self.reward_clip <= 0:
-            raise ValueError(f"reward_clip={self.reward_clip}: set delta > 0 (paper: 1.0).")
+            raise ValueError(f"ppo_reward_clip={self.reward_clip}: set delta > 0 (paper: 1.0).")
         if self.batch_size < 1 or self.mini_batch_size < 1:
-            raise ValueError("ppo batch_size and mini_batch_size must be at least 1.")
+            raise ValueError("ppo_batch_size and ppo_mini_batch_size must be at least 1.")
         if self.batch_size % self.mini_batch_size:
             raise ValueError(
-                f"ppo mini_batch_size={self.mini_batch_size} does not divide batch_size="
+                f"ppo_mini_batch_size={self.mini_batch_size} does not divide ppo_batch_size="
                 f"{self.batch_size}: pick a divisor, e.g. {self.batch_size}."
             )
         if self.update_epochs < 1:
             raise ValueError(f"ppo_update_epochs={self.update_epochs}: set at least 1.")
         if self.response_length < 1:
-            raise ValueError(f"response_length={self.response_length}: set at least 1 token.")
+            raise ValueError(f"ppo_response_length={self.response_length}: set at least 1 token.")
         if self.temperature <= 0:
             raise ValueError(
-                f"temperature={self.temperature}: PPO samples responses; set a positive value."
+                f"ppo_temperature={self.temperature}: PPO samples responses; set a positive value."
             )
         if not 0 < self.cliprange < 1 or self.cliprange_value <= 0:
-            raise ValueError("cliprange must be in (0, 1) and cliprange_value > 0 (PPO: 0.2).")
+            raise ValueError(
+                "ppo_cliprange must be in (0, 1) and ppo_cliprange_value > 0 (PPO: 0.2)."
+            )
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ValueError(f"gamma={self.gamma}, lam={self.lam}: both must lie in [0, 1].")
+            raise ValueError(
+                f"ppo_gamma={self.gamma}, ppo_lam={self.lam}: both must lie in [0, 1]."
+            )
 
     @property
     def num_minibatches(self) -> int:

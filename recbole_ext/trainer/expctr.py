@@ -34,10 +34,12 @@ import torch
 from recbole.utils import set_color
 from tqdm.auto import tqdm
 
+from recbole_ext.config_sections import read_section
 from recbole_ext.expctr_results import ctr_metrics, mean, write_reward_trajectory
 from recbole_ext.expctr_run import ExpCTRRun, ExpCTRSample, StageRecord, is_ppo_stage
 from recbole_ext.llm.config import LLMConfig
-from recbole_ext.rl import ctr_messages, ic_reward, lc_reward, normalize_and_clip
+from recbole_ext.llm.prompts import expctr_ctr_messages
+from recbole_ext.rl import ic_reward, lc_reward, normalize_and_clip
 from recbole_ext.trainer import Trainer
 from recbole_ext.utils import load_checkpoint, restore_model, save_checkpoint
 
@@ -92,7 +94,7 @@ class ExpCTRTrainer(Trainer):
         if self._encoder is None:
             from recbole_ext.llm.encoder import SentenceEncoder
 
-            llm = LLMConfig.from_recbole_config(self.config)
+            llm = read_section(self.config, LLMConfig)
             self._encoder = SentenceEncoder(llm.encoder, batch_size=llm.encoder_batch_size)
         if self._encoder.dimension != self.run.settings.explanation_dim:
             raise ValueError(
@@ -209,7 +211,7 @@ class ExpCTRTrainer(Trainer):
     def _lc_rewards(self, batch: list[ExpCTRSample], texts: list[str]) -> list[float]:
         """Eq. 8-9 with the frozen base model reading each explanation in the CTR prompt."""
         messages = [
-            ctr_messages(t, b.target_text, self.run.domain)
+            expctr_ctr_messages(t, b.target_text, self.run.domain)
             for b, t in zip(batch, texts, strict=True)
         ]
         return lc_reward([b.label for b in batch], self.run.load_policy().yes_no_scores(messages))

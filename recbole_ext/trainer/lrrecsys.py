@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recbole_ext.config_sections import read_section
 from recbole_ext.data.item_text import item_texts
 from recbole_ext.data.lrrecsys_samples import TRAIN, SampleTable
 from recbole_ext.llm.config import LLMConfig
-from recbole_ext.llm.explain import (
+from recbole_ext.llm.lrrecsys_explanations import (
+    ExplanationConfig,
     ExplanationGenerator,
-    explanation_config_from,
     tokenize,
 )
 from recbole_ext.llm.store import ResponseStore
@@ -97,7 +98,7 @@ def autoencoder_cache_key(
 class LRRecsysTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.explanation_config = explanation_config_from(config)
+        self.explanation_config = read_section(config, ExplanationConfig)
         self.dry_run = config["lrrecsys_dry_run"]  # (bool) print the plan, then stop
         self.generate_missing = config["lrrecsys_generate_missing"]  # (bool)
         self.ae_settings = {
@@ -144,7 +145,7 @@ class LRRecsysTrainer(Trainer):
             return
         samples: SampleTable = dataset.samples
         if client is None:
-            llm = LLMConfig.from_recbole_config(self.config)
+            llm = read_section(self.config, LLMConfig)
             with ResponseStore(llm.store_path) as store:
                 if self.dry_run:  # plan from the store alone: no server, no request
                     self.plan_only(dataset, samples, store, llm.model)
@@ -284,7 +285,7 @@ class LRRecsysTrainer(Trainer):
         """C.5 Ablation 2: sentence-encoder embeddings of the explanations, no autoencoder."""
         from recbole_ext.llm.encoder import SentenceEncoder
 
-        llm = LLMConfig.from_recbole_config(self.config)
+        llm = read_section(self.config, LLMConfig)
         encoder = SentenceEncoder(llm.encoder, batch_size=llm.encoder_batch_size)
         return (
             torch.from_numpy(encoder.encode(pos, show_progress=True)),

@@ -4,8 +4,8 @@ Keqin Bao, Jizhi Zhang, Yang Zhang, Wenjie Wang, Fuli Feng, Xiangnan He. "TALLRe
 and Efficient Tuning Framework to Align Large Language Model with Recommendation." RecSys 2023;
 as compared in Yu, Zhang, Chen, "Explainable CTR Prediction via LLM Reasoning", WSDM 2025, Table 1.
 
-- Instruction: the sample's history prompt (:func:`recbole_ext.rl.prompts.icl_messages`: liked and
-  disliked items, the target, answer "Yes." or "No.") on ExpCTR's §5.1 samples
+- Instruction: the sample's history prompt (:func:`recbole_ext.llm.prompts.expctr_icl_messages`:
+  liked and disliked items, the target, answer "Yes." or "No.") on ExpCTR's §5.1 samples
   (``dataset_class: ExpCTRDataset``), so it is trained and tested on ExpCTR's rows.
 - Score: ``s = softmax_T(log p(Yes), log p(No))`` of the first reply token
   (:func:`recbole_ext.llm.local_lm.yes_no_logprobs` + :func:`recbole_ext.rl.rewards.lc_score`, the
@@ -24,38 +24,47 @@ AUC, LogLoss, MAE and RMSE, as every other CTR model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
+from recbole_ext.config_sections import read_section
 from recbole_ext.data.expctr_dataset import history_texts
 from recbole_ext.data.item_text import item_texts
+from recbole_ext.llm.config import LoRASettings
 from recbole_ext.llm.local_lm import add_lora, first_token_ids, load_local_lm, yes_no_logprobs
-from recbole_ext.rl.config import lora_settings, read_prefixed
-from recbole_ext.rl.prompts import PromptDomain, icl_messages
+from recbole_ext.llm.prompts import EXPCTR_WORDS, ExpCTRPromptWords, expctr_icl_messages
 from recbole_ext.rl.rewards import lc_score
 
 
 @dataclass
 class TALLRecConfig:
-    """TALLRec settings besides RecBole's training keys and the ``lora_*`` adapters."""
+    """TALLRec settings besides RecBole's training keys and the ``lora_*`` adapters (keys
+    ``tallrec_<field>`` of ``properties/model/TALLRec.yaml``)."""
+
+    YAML_PREFIX: ClassVar[str] = "tallrec_"
+    YAML_FILE: ClassVar[str] = "model/TALLRec.yaml"
 
     lm_path: str | None = field(
-        default=None, metadata={"help": "HF dir or GGUF of the LM; None: packaged SmolLM2."}
+        metadata={"help": "HF dir or GGUF of the LM; None: packaged SmolLM2."}
     )
-    lm_threads: int = field(default=1, metadata={"help": "torch threads of the local LM."})
-    domain: str = field(default="movie", metadata={"help": "Prompt words: book | movie | product."})
-    pos_tokens: tuple[str, ...] = field(default=("Yes",), metadata={"help": "Answer words of 1."})
-    neg_tokens: tuple[str, ...] = field(default=("No",), metadata={"help": "Answer words of 0."})
-    temperature: float = field(default=1.0, metadata={"help": "T of the Yes/No softmax."})
+    lm_threads: int = field(metadata={"help": "torch threads of the local LM."})
+    domain: str = field(metadata={"help": "Prompt words: book | movie | product."})
+    pos_tokens: tuple[str, ...] = field(metadata={"help": "Answer words of 1."})
+    neg_tokens: tuple[str, ...] = field(metadata={"help": "Answer words of 0."})
+    temperature: float = field(metadata={"help": "T of the Yes/No softmax."})
 
     def __post_init__(self) -> None:
         if self.lm_threads < 1:
             raise ValueError(f"tallrec_lm_threads={self.lm_threads}: set at least 1.")
-        PromptDomain.named(self.domain)  # raises naming the known domains
+        if self.domain not in EXPCTR_WORDS:
+            raise ValueError(
+                f"tallrec_domain={self.domain!r}: choose one of {sorted(EXPCTR_WORDS)} (the prompt "
+                "words TALLRec shares with ExpCTR's expctr_domain)."
+            )
         if not self.pos_tokens or not self.neg_tokens:
             raise ValueError("tallrec_pos_tokens / tallrec_neg_tokens must name at least one word.")
         self.pos_tokens, self.neg_tokens = tuple(self.pos_tokens), tuple(self.neg_tokens)
@@ -63,10 +72,6 @@ class TALLRecConfig:
             raise ValueError("a word is in both tallrec_pos_tokens and tallrec_neg_tokens.")
         if self.temperature <= 0:
             raise ValueError(f"tallrec_temperature={self.temperature}: set T > 0 (1.0: TALLRec).")
-
-    @classmethod
-    def from_recbole_config(cls, config: Any) -> TALLRecConfig:
-        return cls(**read_prefixed(config, "tallrec_", cls))
 
 
 class TALLRec(AbstractRecommender):
@@ -85,17 +90,19 @@ class TALLRec(AbstractRecommender):
                 "TALLRec reads ExpCTR's §5.1 samples: set dataset_class: ExpCTRDataset "
                 "(properties/model/TALLRec.yaml does; check that no override unsets it)."
             )
-        self.settings = TALLRecConfig.from_recbole_config(config)
+        self.settings = read_section(config, TALLRecConfig)
         self.USER_ID = config["USER_ID_FIELD"]  # (str) user field of the interaction
         self.ITEM_ID = config["ITEM_ID_FIELD"]  # (str) target item field
         self.LABEL = config["LABEL_FIELD"]  # (str) 0/1 label (rating >= threshold)
-        self.domain = PromptDomain.named(self.settings.domain)
+        self.domain = ExpCTRPromptWords.named(self.settings.domain)
         self.history = dataset.expctr_history  # (user, item) -> (liked, disliked) item ids
         self.item_text = item_texts(dataset, config["item_text_fields"])  # item id -> text
         if lm is None:
             lm = load_local_lm(self.settings.lm_path, num_threads=self.settings.lm_threads)
         base, self.tokenizer = lm
-        self.lm = add_lora(base, lora_settings(config))  # base frozen, adapters trainable
+        self.lm = add_lora(
+            base, read_section(config, LoRASettings)
+        )  # base frozen, adapters trainable
         self.pos_ids = first_token_ids(self.tokenizer, self.settings.pos_tokens)
         self.neg_ids = first_token_ids(self.tokenizer, self.settings.neg_tokens)
         assert not set(self.pos_ids) & set(self.neg_ids), "Yes/No words share a first token"
@@ -105,7 +112,7 @@ class TALLRec(AbstractRecommender):
         users = interaction[self.USER_ID].tolist()
         items = interaction[self.ITEM_ID].tolist()
         return [
-            icl_messages(*history_texts(self.history, self.item_text, u, i), self.domain)
+            expctr_icl_messages(*history_texts(self.history, self.item_text, u, i), self.domain)
             for u, i in zip(users, items, strict=True)
         ]
 

@@ -1,5 +1,6 @@
-"""Contrastive explanations and item profiles for LR-Recsys (prompt rendering, reply cleaning,
-resumable batch generation into the response store).
+"""LR-Recsys explanations: contrastive explanations and item profiles through the LLM (reply
+cleaning, resumable batch generation into the response store; the prompts are
+:class:`recbole_ext.llm.prompts.LRRecsysPrompts`).
 
 Wang, Li, Chen, "The Blessing of Reasoning: LLM-Based Contrastive Explanations in Black-Box
 Recommender Systems" -- §3.4.1 (positive / negative explanation per sample), §3.6 (CoT profile
@@ -22,14 +23,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 from tqdm.auto import tqdm
 
 from .client import LLMClient
+from .prompts import (
+    LRRECSYS_PROMPTS,
+    LRRECSYS_TEMPLATE_VERSION,
+    LRRecsysPrompts,
+    lrrecsys_explanation_messages,
+    lrrecsys_profile_messages,
+)
 from .store import ResponseStore
 
-TEMPLATE_VERSION = "lrrecsys-v1"  # prompts: part of every request key (a change re-asks the LLM)
 CLEANER_VERSION = "c2"  # reply cleaning: part of record keys only (a change re-reads the cache)
 PROFILE_KIND = "lrrecsys.profile"
 EXPLANATION_KIND = "lrrecsys.explanation"
@@ -37,125 +44,44 @@ POLARITIES = ("pos", "neg")
 MODES = ("contrastive", "summary")
 
 
-@dataclass(frozen=True)
-class DomainPrompts:
-    """The prompts of one domain (Appendix C.2); ``{history}`` / ``{candidate}`` are filled in."""
-
-    profile: str
-    positive: str
-    negative: str
-    positive_prefix: str
-    negative_prefix: str
-    summary: str
-
-
-MOVIE = DomainPrompts(
-    # C.2.3 (1) -- instruction and example as printed in the paper.
-    profile=(
-        "[Instruction]\nCreate a succinct profile for a movie based on the provided information. "
-        "This profile should be tailored for use in recommendation systems and must identify the "
-        "types of users who would enjoy the movie. Avoid repeating the given details directly and "
-        "instead focus on describing the appeal and content of the movie in a way that highlights "
-        "its potential audience:\n\n"
-        "[Example Input]\nTitle: Barefoot Contessa (with Ina Garten), Entertaining With Ina Vol. 2 "
-        "(3 Pack): Brunch 'n' Lunch, Picnic Parties, Summer Entertaining\nBrand: Ina Garten\n"
-        "Category: ['Movies & TV', 'Movies']\n\n"
-        "[Example Output]\nThis series, hosted by Ina Garten, delves into crafting simple yet "
-        "sophisticated dishes suitable for both daily meals and special events. It appeals to "
-        "those who savor lifestyle and culinary content infused with a personal touch.\n\n"
-        "[Input]\n{item_text}"
-    ),
-    # C.2.3 (2), (3)
-    positive=(
-        "Given the profiles of the watching history of this consumer {history}, can you provide a "
-        "reason for why this consumer watched the following recommended movie with profile "
-        "{candidate}? Answer with one sentence with the following format: The consumer watched "
-        "this movie because..."
-    ),
-    negative=(
-        "Given the profiles of the watching history of this consumer {history}, can you provide a "
-        "reason for why this consumer did not watch the following recommended movie with profile "
-        "{candidate}? Answer with one sentence with the following format: The consumer did not "
-        "watch this movie because..."
-    ),
-    positive_prefix="The consumer watched this movie because",
-    negative_prefix="The consumer did not watch this movie because",
-    # §5.4.2, "Consumption History Summarization" (the same text serves both slots)
-    summary=(
-        "Given the profiles of the watching history of this consumer {history}, can you provide a "
-        "summary of the consumer preference of candidate movies?"
-    ),
-)
-
-PRODUCT = DomainPrompts(
-    # §3.6 and §3.4.1 verbatim, "product" as the noun.
-    profile=(
-        "Create a succinct profile for a product based on its name. This profile should be "
-        "tailored for use in recommendation systems and must identify the types of consumers who "
-        "would enjoy the product.\n\n{item_text}"
-    ),
-    positive=(
-        "Provide a reason for why this consumer purchased this product, based on the provided "
-        "profile of the past products the consumer purchased, and the profile of the current "
-        "product. Answer with exactly one sentence in the following format: 'The consumer "
-        "purchased this product because the consumer ... and the product ....'\n\n"
-        "Past Product Profiles: {history}\nCurrent Product Profile: {candidate}"
-    ),
-    negative=(
-        "Provide a reason for why this consumer did not purchase this product, based on the "
-        "provided profile of the past products the consumer purchased, and the profile of the "
-        "current product. Answer with exactly one sentence in the following format: 'The consumer "
-        "did not purchase this product because the consumer ... and the product ....'\n\n"
-        "Past Product Profiles: {history}\nCurrent Product Profile: {candidate}"
-    ),
-    positive_prefix="The consumer purchased this product because",
-    negative_prefix="The consumer did not purchase this product because",
-    summary=(
-        "Given the profiles of the purchase history of this consumer {history}, can you provide a "
-        "summary of the consumer preference of candidate products?"
-    ),
-)
-
-DOMAINS: dict[str, DomainPrompts] = {"movie": MOVIE, "product": PRODUCT}
-
-
 @dataclass
 class ExplanationConfig:
-    """Settings of explanation / profile generation (yaml keys ``lrrecsys_<field>``)."""
+    """Settings of explanation / profile generation (yaml keys ``lrrecsys_<field>`` of
+    ``properties/model/LRRecsys.yaml``; ``mode`` is ``lrrecsys_explanation_mode``)."""
 
-    domain: str = field(default="movie", metadata={"help": "Prompt set of Appendix C.2."})
+    YAML_PREFIX: ClassVar[str] = "lrrecsys_"
+    YAML_FILE: ClassVar[str] = "model/LRRecsys.yaml"
+
+    domain: str = field(metadata={"help": "Prompt set of Appendix C.2."})
     mode: str = field(
-        default="contrastive",
         metadata={
+            "key": "lrrecsys_explanation_mode",
             "help": "'contrastive' (positive + negative, §3.4.1) or 'summary' (§5.4.2 ablation: "
-            "one history summary used in both slots)."
+            "one history summary used in both slots).",
         },
     )
     use_profiles: bool = field(
-        default=True, metadata={"help": "CoT profile augmentation (§3.6); False = item texts."}
+        metadata={"help": "CoT profile augmentation (§3.6); False = item texts."}
     )
     explanation_max_tokens: int = field(
-        default=48, metadata={"help": "Token limit of one explanation (one sentence)."}
+        metadata={"help": "Token limit of one explanation (one sentence)."}
     )
-    profile_max_tokens: int = field(
-        default=64, metadata={"help": "Token limit of one item profile."}
-    )
+    profile_max_tokens: int = field(metadata={"help": "Token limit of one item profile."})
     chunk_size: int = field(
-        default=32,
         metadata={"help": "Samples per batch call; records are committed after each chunk."},
     )
     seconds_per_call: float = field(
-        default=1.5,
         metadata={
             "help": "Dry-run estimate of one request's wall time (SmolLM2-135M, 1 CPU thread)."
         },
     )
 
     def __post_init__(self) -> None:
-        if self.domain not in DOMAINS:
+        if self.domain not in LRRECSYS_PROMPTS:
             raise ValueError(
-                f"lrrecsys_domain={self.domain!r}: choose one of {sorted(DOMAINS)} "
-                "(add a DomainPrompts entry to recbole_ext/llm/explain.py for a new domain)."
+                f"lrrecsys_domain={self.domain!r}: choose one of {sorted(LRRECSYS_PROMPTS)} "
+                "(add an LRRecsysPrompts entry to LRRECSYS_PROMPTS in recbole_ext/llm/prompts.py "
+                "for a new domain)."
             )
         if self.mode not in MODES:
             raise ValueError(f"lrrecsys_explanation_mode={self.mode!r}: choose one of {MODES}.")
@@ -166,8 +92,8 @@ class ExplanationConfig:
             raise ValueError("lrrecsys_seconds_per_call: set a positive number of seconds.")
 
     @property
-    def prompts(self) -> DomainPrompts:
-        return DOMAINS[self.domain]
+    def prompts(self) -> LRRecsysPrompts:
+        return LRRECSYS_PROMPTS[self.domain]
 
 
 @dataclass(frozen=True)
@@ -180,31 +106,6 @@ class SampleText:
 
 
 # -- pure functions ------------------------------------------------------------------------------
-def user_message(content: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": content}]
-
-
-def render_profile_prompt(prompts: DomainPrompts, item_text: str) -> list[dict[str, str]]:
-    """Messages asking for one item profile (§3.6).
-
-    >>> render_profile_prompt(PRODUCT, "orange")[0]["content"].endswith("orange")
-    True
-    """
-    return user_message(prompts.profile.format(item_text=item_text))
-
-
-def render_explanation_prompt(
-    prompts: DomainPrompts, polarity: str, history: Sequence[str], candidate: str
-) -> list[dict[str, str]]:
-    """Messages asking for the positive (``"pos"``), negative (``"neg"``) explanation or the
-    summary (``"summary"``) of one sample; ``history`` holds profiles (or item texts)."""
-    template = {"pos": prompts.positive, "neg": prompts.negative, "summary": prompts.summary}
-    if polarity not in template:
-        raise ValueError(f"polarity {polarity!r}: choose pos, neg or summary")
-    history_text = "; ".join(f'"{h}"' for h in history) if history else "(none)"
-    return user_message(template[polarity].format(history=history_text, candidate=f'"{candidate}"'))
-
-
 _LEAD = re.compile(r"^\s*(?:explanation|answer|reason|output)\s*:\s*", re.IGNORECASE)
 
 
@@ -276,11 +177,13 @@ def top_keywords(texts: Iterable[str], k: int = 8, stopwords=STOPWORDS) -> list[
 
 
 def profile_record_key(model: str, item_key: str) -> str:
-    return f"{TEMPLATE_VERSION}/{CLEANER_VERSION}|{model}|{item_key}"
+    return f"{LRRECSYS_TEMPLATE_VERSION}/{CLEANER_VERSION}|{model}|{item_key}"
 
 
 def explanation_record_key(model: str, mode: str, use_profiles: bool, sample_key: str) -> str:
-    prefix = f"{TEMPLATE_VERSION}/{CLEANER_VERSION}|{model}|{mode}|profiles={int(use_profiles)}"
+    prefix = (
+        f"{LRRECSYS_TEMPLATE_VERSION}/{CLEANER_VERSION}|{model}|{mode}|profiles={int(use_profiles)}"
+    )
     return f"{prefix}|{sample_key}"
 
 
@@ -370,8 +273,8 @@ class ExplanationGenerator:
         for start in range(0, len(missing), self.config.chunk_size):
             chunk = missing[start : start + self.config.chunk_size]
             replies = self.client.chat_batch(
-                [render_profile_prompt(prompts, self.item_texts[i]) for i in chunk],
-                template_version=TEMPLATE_VERSION,
+                [lrrecsys_profile_messages(prompts, self.item_texts[i]) for i in chunk],
+                template_version=LRRECSYS_TEMPLATE_VERSION,
                 max_tokens=self.config.profile_max_tokens,
             )
             for item, reply in zip(chunk, replies, strict=True):
@@ -412,7 +315,7 @@ class ExplanationGenerator:
         for start in range(0, len(missing), self.config.chunk_size):
             chunk = missing[start : start + self.config.chunk_size]
             batch = [
-                render_explanation_prompt(
+                lrrecsys_explanation_messages(
                     prompts, polarity, [texts[i] for i in s.history], texts[s.candidate]
                 )
                 for s in chunk
@@ -420,7 +323,7 @@ class ExplanationGenerator:
             ]
             replies = self.client.chat_batch(
                 batch,
-                template_version=TEMPLATE_VERSION,
+                template_version=LRRECSYS_TEMPLATE_VERSION,
                 max_tokens=self.config.explanation_max_tokens,
             )
             step = len(polarities)
@@ -436,16 +339,3 @@ class ExplanationGenerator:
                 on_chunk(done)
         bar.close()
         return result
-
-
-def explanation_config_from(config: Any) -> ExplanationConfig:
-    """:class:`ExplanationConfig` from a RecBole config (keys ``lrrecsys_<field>``)."""
-    return ExplanationConfig(
-        domain=config["lrrecsys_domain"],
-        mode=config["lrrecsys_explanation_mode"],
-        use_profiles=config["lrrecsys_use_profiles"],
-        explanation_max_tokens=config["lrrecsys_explanation_max_tokens"],
-        profile_max_tokens=config["lrrecsys_profile_max_tokens"],
-        chunk_size=config["lrrecsys_chunk_size"],
-        seconds_per_call=config["lrrecsys_seconds_per_call"],
-    )

@@ -12,7 +12,8 @@ grammar-constrained to the window's positions where the endpoint supports it, an
 :func:`interpret_reply` keeps only window positions -- a title cannot move the top ``keep_top``
 or bring in an item from outside the window.
 
-Everything here is pure (no RecBole): :func:`recbole_ext.rerank` feeds it a model's rankings.
+Everything here is the LLM side, without RecBole: :mod:`recbole_ext.rerank` (the run-level part)
+feeds it a trained model's rankings.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .client import LLMClient
+from .config import yaml_dict
 from .parsing import parse_ranking, permutation_schema, ranking_tokens, repair_permutation
 
 TEMPLATE_VERSION = "rerank-v2"  # bump when the prompt changes (it is part of the store key)
@@ -36,30 +38,32 @@ OUTCOMES = ("valid", "repaired", "fallback")
 class RerankConfig:
     """The ``rerank_*`` keys of ``properties/rerank.yaml`` (plus ``llm_rerank``)."""
 
+    YAML_PREFIX: ClassVar[str] = "rerank_"
+    YAML_FILE: ClassVar[str] = "rerank.yaml"
+
     enabled: bool = field(
-        default=False, metadata={"help": "Rerank the test ranking with the LLM after training."}
+        metadata={
+            "key": "llm_rerank",
+            "help": "Rerank the test ranking with the LLM after training.",
+        }
     )
     keep_top: int = field(
-        default=5, metadata={"help": "Top positions the LLM never moves (0: LLM-Top5 ablation)."}
+        metadata={"help": "Top positions the LLM never moves (0: LLM-Top5 ablation)."}
     )
     window: int = field(
-        default=20,
         metadata={"help": "Last ranked position sent to the LLM (positions keep_top+1..)."},
     )
     history_len: int = field(
-        default=5, metadata={"help": "Most recent interacted items shown as the user history."}
+        metadata={"help": "Most recent interacted items shown as the user history."}
     )
     text_chars: int = field(
-        default=120, metadata={"help": "Each item description is cut to this many characters."}
+        metadata={"help": "Each item description is cut to this many characters."}
     )
     item_noun: str = field(
-        default="item", metadata={"help": "What an item is called in the prompt (ml-100k: movie)."}
+        metadata={"help": "What an item is called in the prompt (ml-100k: movie)."}
     )
-    max_tokens: int = field(
-        default=160, metadata={"help": "Completion token limit of one rerank reply."}
-    )
+    max_tokens: int = field(metadata={"help": "Completion token limit of one rerank reply."})
     max_users: int | None = field(
-        default=None,
         metadata={
             "help": "Rerank only the first N evaluated users (user-id order; metrics before and "
             "after over the same N). None: all."
@@ -89,21 +93,8 @@ class RerankConfig:
                 f"{4 * (self.window - self.keep_top)}."
             )
 
-    @classmethod
-    def yaml_keys(cls) -> dict[str, str]:
-        """Map yaml key -> field name (``llm_rerank`` and ``rerank_<field>``)."""
-        return {
-            ("llm_rerank" if f.name == "enabled" else f"rerank_{f.name}"): f.name
-            for f in fields(cls)
-        }
-
-    @classmethod
-    def from_recbole_config(cls, config: Any) -> RerankConfig:
-        """Read the keys from a RecBole ``Config`` or any mapping (absent keys: defaults)."""
-        return cls(**{name: config[key] for key, name in cls.yaml_keys().items() if key in config})
-
     def to_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, name) for key, name in self.yaml_keys().items()}
+        return yaml_dict(self)
 
     @property
     def positions(self) -> list[int]:
