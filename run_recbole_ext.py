@@ -2,6 +2,7 @@
 
     python run_recbole_ext.py --model=SASRec --dataset=ml-100k [--output=out.json]
     python run_recbole_ext.py --benchmark --models=SASRec,GRU4Rec --seeds=3 --output=DIR [--workers=4]
+    python run_recbole_ext.py --benchmark ... --ray_address=auto [--cpus_per_run=1 --gpus_per_run=0]
     python run_recbole_ext.py --tune --model=SASRec --search_space=FILE --num_samples=8 --output=DIR
     python run_recbole_ext.py --model=AutoDisenSeq --llm_rerank=True [--rerank_keep_top=0]
     python run_recbole_ext.py --rerank_from=saved/<model>.pth [--rerank_keep_top=0] --output=x.json
@@ -34,11 +35,19 @@ def parse(argv=None):
     harness.add_argument("--suite", default=None, help="properties/benchmark/<suite>.yaml")
     harness.add_argument("--ours", default=None, help="models compared to the best baseline")
     harness.add_argument("--workers", type=int, default=None, help="runs at a time (1)")
+    harness.add_argument(
+        "--cpus_per_run", type=float, default=None, help="CPUs of a Ray task (1; --ray_address)"
+    )
+    harness.add_argument(
+        "--gpus_per_run", type=float, default=None, help="GPUs of a Ray task (0; --ray_address)"
+    )
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--tune", action="store_true", help="ASHA search with Ray Tune")
     tuning.add_argument("--search_space", default=None, help="properties/tune/<Model>.yaml")
     tuning.add_argument("--num_samples", type=int, default=10, help="number of trials")
-    tuning.add_argument("--ray_address", default=None, help="auto or HOST:PORT of a Ray cluster")
+    tuning.add_argument(
+        "--ray_address", default=None, help="auto or HOST:PORT of a Ray cluster (also --benchmark)"
+    )
     tuning.add_argument("--cpus_per_trial", type=float, default=1)
     tuning.add_argument("--gpus_per_trial", type=float, default=0)
     rerank = parser.add_argument_group("LLM reranking (AutoDisenSeq-LLM)")
@@ -87,6 +96,9 @@ def main(argv=None):
             "overrides": as_dict(overrides, parser),
             "ours": args.ours.split(",") if args.ours else None,
             "workers": args.workers,
+            "ray_address": args.ray_address,
+            "cpus_per_run": args.cpus_per_run,
+            "gpus_per_run": args.gpus_per_run,
         }
         if args.suite:
             spec = BenchmarkSpec.from_suite(args.suite, **cli)

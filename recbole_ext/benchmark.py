@@ -7,9 +7,23 @@ For each seed every model trains on the same split (same seed) and is evaluated 
 sampled candidates (``eval_candidates_file`` = ``DIR/candidates/seed<seed>.npz``, drawn once).
 Each (model, seed) runs in a fresh process (isolated crashes, true peak memory), ``workers`` of
 them at a time (``--workers=N``: on a GPU or a many-core machine), and its row is appended to
-``DIR/results.jsonl`` as soon as it finishes, so rerunning the command resumes.
+``DIR/results.jsonl`` as soon as it finishes, so rerunning the command resumes: finished runs are
+skipped and a run stopped part-way (a closed session, a crash, a killed worker) continues from its
+last completed epoch (state in ``DIR/resume/<model>-seed<seed>-<hash>/``, removed once its row is
+written; see :mod:`recbole_ext.trainer.resume`). SIGTERM or SIGINT (Ctrl-C) stops the runs in
+flight too, never leaving workers behind.
+
 Writes ``table.md`` (mean ± std, best in bold, improvement of our models over the best baseline
 with paired t-test stars on per-user NDCG@10), ``table.csv`` and ``<headline>.png``.
+
+With ``--ray_address=auto|HOST:PORT`` each (model, seed) is a Ray task instead (``--cpus_per_run``,
+default 1, and ``--gpus_per_run``, default 0, per task; the cluster's free resources decide how
+many run at once), its row written to the same ``results.jsonl`` by this process. Relative paths
+(``--output``, config files, ``*_path``/``*_file``/``*_dir`` options) are made absolute first; on a
+cluster of several machines put ``DIR`` on a shared file system (every task writes its checkpoints,
+candidates and resume state there) and install recbole-ext on every node. A task whose worker dies
+(out of memory, a lost node) is retried by Ray (``RAY_TASK_RETRIES`` times) and resumes from its
+last completed epoch (trainers with stages of their own start again: see the resume module).
 
 A suite's ``models`` may also list **variants** (ablation rows), each a named model with its own
 config on top of the suite's::
@@ -22,12 +36,22 @@ config on top of the suite's::
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
+import re
 import resource
+import shutil
+import signal
+import threading
+import time
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from logging import getLogger
 from pathlib import Path
@@ -36,9 +60,12 @@ import numpy as np
 import yaml
 
 from recbole_ext.metrics import paired_t_test, relative_improvement, significance_stars
+from recbole_ext.tune import absolute_paths
 
 SMALLER_IS_BETTER = {"logloss", "mae", "rmse"}
 PER_USER_KEY = "test_per_user_ndcg@10"
+RAY_TASK_RETRIES = 2  # a Ray task whose worker process died is run again (it resumes its epochs)
+STOP_GRACE_SECONDS = 30  # a stopped worker's time to close what it opened (an LLM server)
 
 
 @dataclass
@@ -60,6 +87,13 @@ class BenchmarkSpec:
         metadata={"help": "row name → {model, config}: a model run with its own overrides"},
     )
     workers: int = field(default=1, metadata={"help": "(model, seed) runs at a time"})
+    ray_address: str | None = field(
+        default=None, metadata={"help": "auto or HOST:PORT: run each (model, seed) as a Ray task"}
+    )
+    cpus_per_run: float | None = field(
+        default=None, metadata={"help": "CPUs (and torch threads) of a Ray task (1)"}
+    )
+    gpus_per_run: float | None = field(default=None, metadata={"help": "GPUs of a Ray task (0)"})
 
     def __post_init__(self):
         if not self.models:
@@ -70,6 +104,26 @@ class BenchmarkSpec:
             raise ValueError("benchmark: --seeds must be a count >= 1 or a list of seeds")
         if self.workers < 1:
             raise ValueError(f"benchmark: --workers={self.workers} must be at least 1")
+        if self.ray_address is None:
+            if self.cpus_per_run is not None or self.gpus_per_run is not None:
+                raise ValueError(
+                    "benchmark: --cpus_per_run/--gpus_per_run size Ray tasks: pass "
+                    "--ray_address=auto|HOST:PORT too (local processes: --workers=N)"
+                )
+        else:
+            if self.workers != 1:
+                raise ValueError(
+                    f"benchmark: --workers={self.workers} sets local processes; with "
+                    "--ray_address the cluster's free resources and --cpus_per_run/--gpus_per_run "
+                    "decide how many runs go at once: drop --workers (or `workers:` of the suite)"
+                )
+            self.cpus_per_run = 1 if self.cpus_per_run is None else self.cpus_per_run
+            self.gpus_per_run = 0 if self.gpus_per_run is None else self.gpus_per_run
+            if self.cpus_per_run <= 0 or self.gpus_per_run < 0:
+                raise ValueError(
+                    f"benchmark: --cpus_per_run={self.cpus_per_run} must be > 0 and "
+                    f"--gpus_per_run={self.gpus_per_run} >= 0"
+                )
         for name, variant in self.variants.items():
             unknown = set(variant) - {"model", "config"}
             if unknown or "model" not in variant:
@@ -137,8 +191,50 @@ def expand_seeds(seeds, first: int = 2020) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def _run_one(spec: BenchmarkSpec, model: str, seed: int) -> dict:
-    """One (model or variant, seed) training run; executed in a fresh process."""
+def with_absolute_paths(spec: BenchmarkSpec) -> BenchmarkSpec:
+    """``spec`` with its relative paths made absolute against the current folder, so that a run
+    in another folder or on another machine (a Ray task) reads and writes the same files: the
+    output folder, the config files, every ``*_path``/``*_file``/``*_dir`` option of the overrides
+    and variants, and those options set (relatively) inside the config files.
+    """
+    overrides = absolute_paths(spec.overrides)
+    for file in spec.config_files:
+        values = yaml.safe_load(Path(file).read_text()) or {}
+        in_file = absolute_paths({k: v for k, v in values.items() if k not in overrides})
+        overrides.update({k: v for k, v in in_file.items() if v != values[k]})
+    variants = {
+        name: {**variant, "config": absolute_paths(variant.get("config", {}))}
+        for name, variant in spec.variants.items()
+    }
+    return dataclasses.replace(
+        spec,
+        output=spec.output.resolve(),
+        config_files=[str(Path(f).resolve()) for f in spec.config_files],
+        overrides=overrides,
+        variants=variants,
+    )
+
+
+def run_key(model: str, seed: int) -> str:
+    """A file-system name for one (model or variant, seed) run.
+
+    >>> run_key("SASRec", 2020)[:13], run_key("SASRec 1 layer", 7)[:19]
+    ('SASRec-seed20', 'SASRec_1_layer-seed')
+    >>> run_key("a b", 1) != run_key("a_b", 1)  # a hash of the name keeps them apart
+    True
+    """
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", model).strip("_")
+    return f"{slug}-seed{seed}-{hashlib.sha1(model.encode()).hexdigest()[:8]}"
+
+
+def resume_dir_of(spec: BenchmarkSpec, model: str, seed: int) -> Path:
+    """Where the run of ``model`` (or variant) and ``seed`` keeps its resume state."""
+    return spec.output / "resume" / run_key(model, seed)
+
+
+def _run_one(spec: BenchmarkSpec, model: str, seed: int, runtime: dict | None = None) -> dict:
+    """One (model or variant, seed) training run; executed in a fresh process. ``runtime``:
+    settings of where it runs (a Ray task's ``gpu_id``)."""
     from recbole_ext.quick_start import run
 
     overrides = {
@@ -147,8 +243,15 @@ def _run_one(spec: BenchmarkSpec, model: str, seed: int) -> dict:
         "seed": seed,
         "eval_candidates_file": str(spec.output / "candidates" / f"seed{seed}.npz"),
         "checkpoint_dir": str(spec.output / "saved"),
+        **(runtime or {}),
     }
-    result = run(spec.model_of(model), spec.dataset, spec.config_files or None, overrides)
+    result = run(
+        spec.model_of(model),
+        spec.dataset,
+        spec.config_files or None,
+        overrides,
+        resume_dir=resume_dir_of(spec, model, seed),
+    )
     result.pop("config")
     result["model"] = model  # the row's name (a variant's, for ablations)
     result["seed"] = seed
@@ -156,11 +259,79 @@ def _run_one(spec: BenchmarkSpec, model: str, seed: int) -> dict:
     return result
 
 
-def _run_isolated(spec, model, seed):
+def _run_isolated(spec, model, seed, runtime=None):
     try:
-        return _run_one(spec, model, seed)
+        return _run_one(spec, model, seed, runtime)
     except Exception as err:  # reported in errors.jsonl, never stops the benchmark
         return {"model": model, "seed": seed, "error": repr(err), "trace": traceback.format_exc()}
+
+
+def _run_in_worker(spec, model, seed):
+    """A local worker process's run; SIGTERM (the benchmark being stopped) unwinds it like an
+    exception, so that what it opened (an LLM server) is closed."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    return _run_isolated(spec, model, seed)
+
+
+def _run_ray_task(spec, model, seed):
+    """A Ray task's run: ``cpus_per_run`` torch threads, on the GPUs Ray assigned (RecBole would
+    otherwise point ``CUDA_VISIBLE_DEVICES`` at its ``gpu_id`` 0; none: the CPU). Its row names
+    the Ray node that ran it (``ray_node_id``)."""
+    import ray
+    import torch
+
+    torch.set_num_threads(max(1, int(spec.cpus_per_run)))
+    gpu_id = ",".join(str(g) for g in ray.get_gpu_ids())
+    row = _run_isolated(spec, model, seed, {"gpu_id": gpu_id})
+    row["ray_node_id"] = ray.get_runtime_context().get_node_id()  # which machine ran it
+    return row
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """While inside, SIGTERM or SIGINT calls ``stop()`` (which ends the runs in flight), then
+    exits with ``128 + signal``. Signal handlers exist only in the main thread: elsewhere this
+    does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def handler(signum, frame):
+        for sig in signals:  # a second Ctrl-C while stopping does not interrupt the stop
+            signal.signal(sig, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        print(f"benchmark: {name}, stopping the runs in flight", flush=True)
+        stop()
+        print("benchmark: stopped; rerun the same command to resume", flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End this process's worker processes (the pool's: the harness starts no other): no new run
+    starts, each worker gets one SIGTERM and ``STOP_GRACE_SECONDS`` to exit, then SIGKILL."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    signalled: set[int] = set()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while workers := multiprocessing.active_children():  # also a worker started meanwhile
+        for worker in workers:
+            if worker.pid not in signalled:
+                worker.terminate()
+                signalled.add(worker.pid)
+            elif time.monotonic() > deadline:
+                worker.kill()
+        time.sleep(0.1)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -177,27 +348,95 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def run_benchmark(spec: BenchmarkSpec) -> Path:
-    """Run what is missing from ``spec.output/results.jsonl``, then write the tables."""
+    """Run what is missing from ``spec.output/results.jsonl`` (local processes, or Ray tasks with
+    ``spec.ray_address``), then write the tables."""
     logger = getLogger()
+    spec = with_absolute_paths(spec)
     spec.output.mkdir(parents=True, exist_ok=True)
     results_file = spec.output / "results.jsonl"
     done = {(r["model"], r["seed"]) for r in read_rows(results_file)}
+    for model, seed in done:  # a row written just before a stop: its state is not needed
+        shutil.rmtree(resume_dir_of(spec, model, seed), ignore_errors=True)
     todo = [(m, s) for s in spec.seeds for m in spec.models if (m, s) not in done]
-    logger.info(f"benchmark: {len(done)} runs done, {len(todo)} to go, {spec.workers} at a time")
+    where = f"Ray at {spec.ray_address}" if spec.ray_address else f"{spec.workers} at a time"
+    logger.info(f"benchmark: {len(done)} runs done, {len(todo)} to go ({where})")
+    finished = iter(range(1, len(todo) + 1))
+
+    def record(model: str, seed: int, row: dict) -> None:
+        """Append a finished run's row (one writer: this process), then drop its resume state."""
+        target = spec.output / ("errors.jsonl" if "error" in row else "results.jsonl")
+        with target.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if "error" not in row:
+            shutil.rmtree(resume_dir_of(spec, model, seed), ignore_errors=True)
+        status = f"failed: {row['error']} (see {target})" if "error" in row else "done"
+        print(f"[{next(finished)}/{len(todo)}] {model} seed={seed} {status}", flush=True)
+
+    if todo:
+        dispatch = _run_on_ray if spec.ray_address else _run_locally
+        dispatch(spec, todo, record)
+    write_tables(spec, read_rows(results_file))
+    return spec.output
+
+
+def _lost_run(model: str, seed: int, err: BaseException) -> dict:
+    return {
+        "model": model,
+        "seed": seed,
+        "error": f"{type(err).__name__}: the run's process died (killed or out of memory); "
+        "rerun the same command to resume it from its last completed epoch",
+        "trace": "".join(traceback.format_exception(err)),
+    }
+
+
+def _run_locally(spec: BenchmarkSpec, todo: list[tuple[str, int]], record) -> None:
     context = multiprocessing.get_context("spawn")
     # max_tasks_per_child=1: every run gets a fresh process; rows are written here, by one writer
     with ProcessPoolExecutor(spec.workers, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_run_isolated, spec, m, s): (m, s) for m, s in todo}
-        for index, future in enumerate(as_completed(futures), 1):
-            model, seed = futures[future]
-            row = future.result()
-            target = spec.output / ("errors.jsonl" if "error" in row else "results.jsonl")
-            with target.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            status = f"failed: {row['error']} (see {target})" if "error" in row else "done"
-            print(f"[{index}/{len(todo)}] {model} seed={seed} {status}", flush=True)
-    write_tables(spec, read_rows(results_file))
-    return spec.output
+        futures = {pool.submit(_run_in_worker, spec, m, s): (m, s) for m, s in todo}
+        with stop_on_signals(lambda: _stop_workers(pool)):
+            for future in as_completed(futures):
+                model, seed = futures[future]
+                try:
+                    row = future.result()
+                except BrokenProcessPool as err:  # a worker was killed: every run in flight ends
+                    row = _lost_run(model, seed, err)
+                record(model, seed, row)
+
+
+def _run_on_ray(spec: BenchmarkSpec, todo: list[tuple[str, int]], record) -> None:
+    import ray
+
+    connect = not ray.is_initialized()
+    if connect:
+        ray.init(address=spec.ray_address)
+    try:
+        task = ray.remote(
+            num_cpus=spec.cpus_per_run,
+            num_gpus=spec.gpus_per_run,
+            max_calls=1,  # a fresh worker process per run (true peak memory, GPU memory freed)
+            max_retries=RAY_TASK_RETRIES,
+        )(_run_ray_task)
+        runs = {
+            task.options(name=f"benchmark {model} seed={seed}").remote(spec, model, seed): (
+                model,
+                seed,
+            )
+            for model, seed in todo
+        }
+        pending = list(runs)
+        with stop_on_signals(lambda: [ray.cancel(ref, force=True) for ref in runs]):
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                model, seed = runs[ready[0]]
+                try:
+                    row = ray.get(ready[0])
+                except ray.exceptions.RayError as err:  # the worker died more than allowed
+                    row = _lost_run(model, seed, err)
+                record(model, seed, row)
+    finally:
+        if connect:
+            ray.shutdown()
 
 
 def smaller_is_better(metric: str) -> bool:

@@ -13,6 +13,7 @@ from recbole.utils import init_logger, init_seed
 from recbole_ext.config import Config, config_to_plain
 from recbole_ext.data.candidates import fix_candidates
 from recbole_ext.metrics import per_user_from_struct
+from recbole_ext.trainer.resume import resume_dir_for
 from recbole_ext.utils import (
     create_dataset,
     get_model,
@@ -51,14 +52,25 @@ def run(
     saved: bool = True,
     callback_fn=None,
     evaluate_test: bool = True,
+    resume_dir: str | Path | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset``, evaluate the best checkpoint on the test set.
 
     Returns (and writes to ``output`` as JSON when given) ``{"model", "dataset",
-    "best_valid_score", "valid_result", "test_result", "train_seconds", "config", "model_file"}``
-    with RecBole's metric names (``ndcg@10``). ``callback_fn(epoch_idx, valid_score)`` is RecBole's
-    per-evaluation hook (the tuning harness reports to Ray Tune through it); with
-    ``evaluate_test=False`` the test set is not touched (``test_result`` is ``None``).
+    "best_valid_score", "valid_result", "test_result", "train_seconds", "config", "model_file",
+    "resumed_from_epoch"}`` with RecBole's metric names (``ndcg@10``).
+    ``callback_fn(epoch_idx, valid_score)`` is RecBole's per-evaluation hook (the tuning harness
+    reports to Ray Tune through it); with ``evaluate_test=False`` the test set is not touched
+    (``test_result`` is ``None``).
+
+    Resume (:mod:`recbole_ext.trainer.resume`): the training state is saved after every epoch in
+    ``resume_dir``, by default ``<output>.resume/`` when ``output`` is given (none without), and
+    a run given the same output continues from its last completed epoch; a finished one is not
+    retrained (its best checkpoint is evaluated again). ``train_seconds`` counts the stopped
+    runs' saved training time too; ``resumed_from_epoch`` is ``None`` for an uninterrupted run.
+
+    Raises:
+        ValueError: the saved state was made with another configuration.
     """
     given = {**(config_dict or {}), **{a[2:].split("=", 1)[0]: a for a in cmd_args or []}}
     config = Config(
@@ -75,6 +87,10 @@ def run(
     dataset_obj, model_obj, train_data, valid_data, test_data = build(config)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    if resume_dir is None and output:
+        resume_dir = resume_dir_for(output)
+    if resume_dir is not None and hasattr(trainer, "enable_resume"):  # not xgboost/lightgbm
+        trainer.enable_resume(resume_dir)
     start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data,
@@ -83,7 +99,7 @@ def run(
         show_progress=config["show_progress"],
         callback_fn=callback_fn,
     )
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start + getattr(trainer, "seconds_before_resume", 0.0)
     test_result, test_per_user = None, None
     if evaluate_test and config["train_stage"] != "pretrain":  # S3Rec/RaCT pre-training: no test
         test_result = trainer.evaluate(
@@ -112,6 +128,7 @@ def run(
         "eval_candidates": config["eval_candidates"],
         "num_parameters": sum(p.numel() for p in model_obj.parameters() if p.requires_grad),
         "llm_usage": getattr(trainer, "llm_usage", None),  # LLM-backed models: requests, tokens
+        "resumed_from_epoch": getattr(trainer, "resumed_from_epoch", None),
     }
     if test_per_user is not None:
         result["test_per_user_ndcg@10"] = [round(float(v), 6) for v in test_per_user]
@@ -121,7 +138,9 @@ def run(
     if output:
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+        partial = output.with_name(f".{output.name}.partial")  # a kill never leaves half a file
+        partial.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+        partial.replace(output)
         logger.info(f"results written to {output}")
     return result
 

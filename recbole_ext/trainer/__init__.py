@@ -1,4 +1,5 @@
-"""Trainers: RecBole's, with checkpoints that load under ``torch.load(weights_only=True)``.
+"""Trainers: RecBole's, with checkpoints that load under ``torch.load(weights_only=True)`` and
+runs that resume after a stop (:mod:`recbole_ext.trainer.resume`).
 
 Our models' own trainers (added by later issues) subclass :class:`Trainer` here and override one
 narrow hook each; RecBole's trainers are wrapped by :func:`with_safe_checkpoints`.
@@ -14,6 +15,7 @@ from recbole.evaluator import Collector
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import get_local_time, set_color
 
+from recbole_ext.trainer.resume import ResumableTrainerMixin
 from recbole_ext.trainer.sampled_eval import SampledEvalMixin
 from recbole_ext.utils import load_checkpoint, restore_model, save_checkpoint
 
@@ -89,8 +91,9 @@ class SafeCheckpointMixin:
 
 @cache
 def with_safe_checkpoints(trainer_class):
-    """``trainer_class`` with :class:`SafeCheckpointMixin` in front (same name, cached), and
-    :class:`SampledEvalMixin` (sampled evaluation of sequential models encodes each history once).
+    """``trainer_class`` with :class:`ResumableTrainerMixin` (epoch-level resume),
+    :class:`SafeCheckpointMixin` in front (same name, cached), and :class:`SampledEvalMixin`
+    (sampled evaluation of sequential models encodes each history once).
 
     Trainers outside RecBole's ``Trainer`` hierarchy (the xgboost/lightgbm ``DecisionTreeTrainer``)
     keep their own, non-torch model files and are returned unchanged.
@@ -99,7 +102,7 @@ def with_safe_checkpoints(trainer_class):
         trainer_class, SafeCheckpointMixin
     ):
         return trainer_class
-    mixins = (SafeCheckpointMixin, SampledEvalMixin)
+    mixins = (ResumableTrainerMixin, SafeCheckpointMixin, SampledEvalMixin)
     return type(trainer_class.__name__, (*mixins, trainer_class), {})
 
 
