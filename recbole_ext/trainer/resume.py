@@ -206,18 +206,20 @@ class ResumableTrainerMixin:
         super().__init__(config, model)
         self.resume_dir: Path | None = None
         self.resumed_from_epoch: int | None = None  # epoch the last fit resumed at (None: fresh)
-        self.seconds_before_resume = 0.0  # fit seconds spent by the stopped run(s) before
+        self.seconds_before_resume = 0.0  # training seconds of the stopped run(s) (loaded state)
         self.resume_point_extra: dict = {}  # extras of the last saved/loaded resume point
         self._resuming_fit = False  # inside a fit whose epochs are saved
         self._pending_rng: dict | None = None  # random states to put back at the next epoch
         self._first_epoch = 0
         self._fit_config: dict | None = None
-        self._fit_clock = 0.0
+        self._clock = 0.0  # perf_counter at enable_resume
 
     # --- public API -----------------------------------------------------------------------------
     def enable_resume(self, directory: str | os.PathLike) -> None:
-        """Keep this run's resume state in ``directory`` (created when first written)."""
+        """Keep this run's resume state in ``directory`` (created when first written); the
+        training time saved with each state counts from here (stages before ``fit`` included)."""
         self.resume_dir = Path(directory)
+        self._clock = time.perf_counter()
 
     @property
     def resumes_epochs(self) -> bool:
@@ -321,7 +323,6 @@ class ResumableTrainerMixin:
                 )
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self._fit_config = config_fingerprint(self.config)
-        self._fit_clock = time.perf_counter()
         state = self.load_resume_point(FIT_STATE, restore_rng=False)
         if state is not None and state["finished"]:
             # the random states at the end of training: what follows (a test evaluation drawing
@@ -367,7 +368,7 @@ class ResumableTrainerMixin:
     _warned_no_resume = False
 
     def _elapsed(self) -> float:
-        return time.perf_counter() - self._fit_clock if self._fit_clock else 0.0
+        return time.perf_counter() - self._clock if self._clock else 0.0
 
     def _check_state(self, path: Path, state: dict) -> None:
         if state.get("format") != FORMAT:
