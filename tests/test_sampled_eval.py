@@ -137,6 +137,7 @@ def run_both_paths(model_name, tmp_path, model_class=None, **overrides):
 
 def assert_encoded_once_and_equal(run):
     assert run["trainer"].encode_once is True
+    assert run["trainer"].first_batch_difference < 1e-6  # x the largest |score|; allowed 1e-5
     assert run["ours"] == run["recbole"]  # every metric, exactly
     assert torch.equal(run["ours_topk"], run["recbole_topk"])  # per-user hits in the top 10
     assert run["ours_predict_rows"] == 0  # the whole test pass went through full_sort_predict

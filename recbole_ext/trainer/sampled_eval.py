@@ -30,7 +30,7 @@ from recbole.utils import EvaluatorType, ModelType
 # The paths do the same arithmetic in another order (a (C, D) x (D, N) matmul against per-row dot
 # products; a history encoded in a batch of 101 equal rows against one row): float32 rounding, at
 # most 3e-7 x s on the first batch of each of the 25 sequential models that encode once, after one
-# epoch on tests/data/tiny (each run logs its own value at INFO level).
+# epoch on tests/data/tiny (tests/test_sampled_eval.py asserts < 1e-6; each run logs its value).
 RTOL = 1e-5
 ATOL = 1e-5
 # Largest (rows, n_items) float32 block of full_sort_predict scores held at once.
@@ -181,11 +181,14 @@ class SampledEvalMixin:
     ``encode_once`` tells which path evaluation takes: ``None`` until the first evaluated batch
     has been scored both ways, then ``True`` (each history once) or ``False`` (RecBole's per-row
     path: a model that is not sequential, or whose two scoring functions disagree).
+    ``first_batch_difference`` is that batch's max |ours - RecBole's| / largest |score| (``None``
+    before, or when ``full_sort_predict`` could not score it).
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.encode_once = None if model.type == ModelType.SEQUENTIAL else False
+        self.first_batch_difference = None
         self._history_fields = None  # fields of a candidate row that come from its held-out row
 
     def _neg_sample_batch_eval(self, batched_data):
@@ -269,6 +272,7 @@ class SampledEvalMixin:
             reason = f"its full_sort_predict failed ({type(err).__name__}: {err})"
         else:
             agree, difference = scores_agree(ours.to(reference[1].device), reference[1])
+            self.first_batch_difference = difference
             if not agree:
                 reason = (
                     "its predict and full_sort_predict disagree on the first evaluated batch "
