@@ -225,6 +225,7 @@ def run_tuning(spec: TuneSpec) -> dict:
     bigger = bool(config["valid_metric_bigger"])
     mode = "max" if bigger else "min"
 
+    started_ray = not ray.is_initialized()  # leave no Ray instance behind that we started
     if spec.ray_address:
         ray.init(address=spec.ray_address, ignore_reinit_error=True)
     else:
@@ -234,60 +235,64 @@ def run_tuning(spec: TuneSpec) -> dict:
             ignore_reinit_error=True,
             log_to_driver=False,
         )
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, spec=spec, base=base, bigger=bigger),
-        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
-    )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=epochs,
-        grace_period=spec.search_space.grace_period,
-        reduction_factor=spec.search_space.reduction_factor,
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=spec.search_space.param_space(),
-        tune_config=tune.TuneConfig(
-            metric="valid_score",
-            mode=mode,
-            scheduler=scheduler,
-            num_samples=spec.num_samples,
-            # trial configurations are drawn from the run's seed: the same command, same trials
-            search_alg=BasicVariantGenerator(random_state=int(config["seed"])),
-        ),
-        run_config=air.RunConfig(
-            name="asha",
-            storage_path=str(spec.output / "ray_results"),
-            checkpoint_config=air.CheckpointConfig(num_to_keep=1),
-            verbose=1,
-        ),
-    )
-    grid = tuner.fit()
-    trials = collect_trials(grid, epochs, bigger)
-    write_trials(spec.output, trials, config["valid_metric"])
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, spec=spec, base=base, bigger=bigger),
+            {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=spec.search_space.grace_period,
+            reduction_factor=spec.search_space.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=spec.search_space.param_space(),
+            tune_config=tune.TuneConfig(
+                metric="valid_score",
+                mode=mode,
+                scheduler=scheduler,
+                num_samples=spec.num_samples,
+                # trial configurations are drawn from the run's seed: the same command, same trials
+                search_alg=BasicVariantGenerator(random_state=int(config["seed"])),
+            ),
+            run_config=air.RunConfig(
+                name="asha",
+                storage_path=str(spec.output / "ray_results"),
+                checkpoint_config=air.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+        grid = tuner.fit()
+        trials = collect_trials(grid, epochs, bigger)
+        write_trials(spec.output, trials, config["valid_metric"])
 
-    finished = [t for t in trials if t["best_valid_score"] is not None]
-    if not finished:
-        raise RuntimeError(f"every trial failed; see {spec.output / 'trials.csv'}")
-    best_result = grid.get_best_result(metric="valid_score", mode=mode, scope="all")
-    with best_result.checkpoint.as_directory() as directory:
-        model_file = next(Path(directory).glob("*.pth"))
-        test_result = evaluate_saved(model_file)
-    best = {
-        "model": spec.model,
-        "dataset": spec.dataset,
-        "valid_metric": config["valid_metric"],
-        "config": {**spec.search_space.fixed, **best_result.config},
-        "best_valid_score": max(t["best_valid_score"] for t in finished)
-        if bigger
-        else min(t["best_valid_score"] for t in finished),
-        "test_result": test_result,
-        "trials": len(trials),
-        "stopped_early": sum(t["status"] == "stopped early" for t in trials),
-        "errors": sum(t["status"] == "error" for t in trials),
-    }
-    (spec.output / "best.json").write_text(json.dumps(best, indent=2) + "\n")
-    return best
+        finished = [t for t in trials if t["best_valid_score"] is not None]
+        if not finished:
+            raise RuntimeError(f"every trial failed; see {spec.output / 'trials.csv'}")
+        best_result = grid.get_best_result(metric="valid_score", mode=mode, scope="all")
+        with best_result.checkpoint.as_directory() as directory:
+            model_file = next(Path(directory).glob("*.pth"))
+            test_result = evaluate_saved(model_file)
+        best = {
+            "model": spec.model,
+            "dataset": spec.dataset,
+            "valid_metric": config["valid_metric"],
+            "config": {**spec.search_space.fixed, **best_result.config},
+            "best_valid_score": max(t["best_valid_score"] for t in finished)
+            if bigger
+            else min(t["best_valid_score"] for t in finished),
+            "test_result": test_result,
+            "trials": len(trials),
+            "stopped_early": sum(t["status"] == "stopped early" for t in trials),
+            "errors": sum(t["status"] == "error" for t in trials),
+        }
+        (spec.output / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+        return best
+    finally:
+        if started_ray:
+            ray.shutdown()
 
 
 def collect_trials(grid, max_t: int, bigger: bool = True) -> list[dict]:
