@@ -129,7 +129,7 @@ def main(argv=None):
             f"{best['errors']} failed): {best['config']}\ntest: {best['test_result']}"
         )
     elif args.rerank_from:
-        from recbole_ext.rerank import rerank_saved
+        from recbole_ext.quick_start import rerank_saved
 
         if args.model or args.dataset or config_files:
             parser.error("--rerank_from takes model, dataset and config from the checkpoint")

@@ -44,7 +44,7 @@ from recbole_ext.config_checks import (
 )
 from recbole_ext.config_sections import preset_names
 from recbole_ext.data.atomic_files import interaction_files, read_header
-from recbole_ext.utils import get_model
+from recbole_ext.utils import get_model, get_trainer
 
 PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
 RECBOLE_EXAMPLE_DIR = Path(__import__("recbole").__file__).resolve().parent / "dataset_example"
@@ -182,8 +182,6 @@ class Config(RecBoleConfig):
             UnknownKeyError: naming each unknown key, where it was given and the closest known
                 keys (unless ``allow_unknown_keys`` is True).
         """
-        from recbole_ext.utils import get_trainer
-
         try:
             trainer_class = get_trainer(self.internal_config_dict["MODEL_TYPE"], self.model)
         except ImportError:  # an optional package (xgboost, lightgbm) missing: fails later
@@ -361,20 +359,3 @@ def resolve_data_path(dataset: str, data_path: str, benchmark_filename=None) -> 
         f"so that DIR/{dataset}/ holds {layout}. recbole-ext never downloads datasets; "
         f"the only built-in one is ml-100k."
     )
-
-
-def config_to_plain(values: dict) -> dict:
-    """A JSON/``torch.load(weights_only=True)``-safe copy of config values (enums → names)."""
-
-    def plain(value):
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        if value is None or isinstance(value, bool | int | float | str):
-            return value
-        if hasattr(value, "name") and hasattr(value, "value"):  # Enum
-            return value.name
-        return str(value)
-
-    return plain(values)

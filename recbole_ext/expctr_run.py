@@ -37,7 +37,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from recbole_ext.config import config_to_plain
+from recbole_ext.checkpoint import config_to_plain
 from recbole_ext.config_sections import PROPERTIES_DIR, read_section
 from recbole_ext.data.expctr_dataset import history_texts
 from recbole_ext.data.item_text import item_texts

@@ -1,4 +1,5 @@
-"""Run one model end to end (ours or RecBole's) and reload a saved one."""
+"""Run one model end to end (ours or RecBole's), reload a saved one, rerank a saved one's test
+ranking with an LLM."""
 
 from __future__ import annotations
 
@@ -10,17 +11,13 @@ from pathlib import Path
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
 
-from recbole_ext.config import Config, config_to_plain
+from recbole_ext.checkpoint import config_to_plain, load_checkpoint, restore_model
+from recbole_ext.config import Config
 from recbole_ext.data.candidates import fix_candidates
 from recbole_ext.metrics import per_user_from_struct
+from recbole_ext.rerank import rerank_test
 from recbole_ext.trainer.resume import resume_dir_for
-from recbole_ext.utils import (
-    create_dataset,
-    get_model,
-    get_trainer,
-    load_checkpoint,
-    restore_model,
-)
+from recbole_ext.utils import create_dataset, get_model, get_trainer
 
 DEFAULT_MODEL = "AutoDisenSeq"
 DEFAULT_DATASET = "ml-100k"
@@ -110,8 +107,6 @@ def run(
     logger.info(f"test result: {test_result}")
     rerank = None
     if test_result is not None and config["llm_rerank"]:  # AutoDisenSeq-LLM (§4.3)
-        from recbole_ext.rerank import rerank_test
-
         rerank = rerank_test(config, trainer, test_data, dataset_obj)
 
     result = {
@@ -181,3 +176,26 @@ def evaluate_saved(model_file: str | Path) -> dict:
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     result = trainer.evaluate(test_data, load_best_model=False)
     return {k: _plain_metric(v) for k, v in result.items()}
+
+
+def rerank_saved(model_file: str | Path, cmd_args: list[str] | None = None, output=None) -> dict:
+    """Rerank the test ranking of a saved model (``--rerank_from``), without retraining.
+
+    ``cmd_args`` (``--key=value``) override the saved run's config: rerank and LLM settings
+    (``--rerank_keep_top=0``, ``--llm_base_url=...``) or ``eval_candidates_file``.
+    """
+    config, model, dataset, _, _, test_data = load_data_and_model(model_file, cmd_args=cmd_args)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "model_file": str(model_file),
+        "eval_candidates": config["eval_candidates"],
+        **rerank_test(config, trainer, test_data, dataset, show_progress=config["show_progress"]),
+    }
+    if output:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+        getLogger().info(f"results written to {output}")
+    return result

@@ -1,18 +1,17 @@
 """AutoDisenSeq-LLM (TOIS 2025, §4.3, Fig. 2): LLM reranking of any trained sequential model's
 test ranking, measured before and after on the same candidate lists.
 
-``run(..., llm_rerank=True)`` calls :func:`rerank_test` after the test evaluation;
-``python run_recbole_ext.py --rerank_from=saved/<model>.pth`` calls :func:`rerank_saved` (no
-retraining). The prompt, reply repair and the batch of LLM calls live in
+``run(..., llm_rerank=True)`` calls :func:`rerank_test` after the test evaluation, and
+``python run_recbole_ext.py --rerank_from=saved/<model>.pth``
+(:func:`recbole_ext.quick_start.rerank_saved`) on a saved model, without retraining: run-level
+code calls this module, never the reverse. The prompt, reply repair and the batch of LLM calls live in
 :mod:`recbole_ext.llm.rerank_window`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from logging import getLogger
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -128,29 +127,3 @@ def rerank_test(config, trainer, test_data, dataset, *, show_progress: bool = Tr
         "rerank": rerank,
         "llm_usage": out["llm_usage"],
     }
-
-
-def rerank_saved(model_file: str | Path, cmd_args: list[str] | None = None, output=None) -> dict:
-    """Rerank the test ranking of a saved model (``--rerank_from``), without retraining.
-
-    ``cmd_args`` (``--key=value``) override the saved run's config: rerank and LLM settings
-    (``--rerank_keep_top=0``, ``--llm_base_url=...``) or ``eval_candidates_file``.
-    """
-    from recbole_ext.quick_start import load_data_and_model
-    from recbole_ext.utils import get_trainer
-
-    config, model, dataset, _, _, test_data = load_data_and_model(model_file, cmd_args=cmd_args)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    result = {
-        "model": config["model"],
-        "dataset": config["dataset"],
-        "model_file": str(model_file),
-        "eval_candidates": config["eval_candidates"],
-        **rerank_test(config, trainer, test_data, dataset, show_progress=config["show_progress"]),
-    }
-    if output:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
-        getLogger().info(f"results written to {output}")
-    return result

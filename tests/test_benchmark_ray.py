@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from recbole_ext.benchmark import BenchmarkSpec, resume_dir_of, with_absolute_paths
+from recbole_ext.checkpoint import load_checkpoint
 from recbole_ext.quick_start import run
-from recbole_ext.utils import load_checkpoint
 from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
 
 

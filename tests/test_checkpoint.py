@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recbole_ext.utils import (
+from recbole_ext.checkpoint import (
     decode_other_parameter,
     encode_other_parameter,
     load_checkpoint,

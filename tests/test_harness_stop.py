@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from recbole_ext.benchmark import BenchmarkSpec, resume_dir_of, run_benchmark
-from recbole_ext.utils import load_checkpoint
+from recbole_ext.checkpoint import load_checkpoint
 from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
 
 EPOCHS = 4

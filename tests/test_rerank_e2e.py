@@ -11,8 +11,7 @@ from recbole_ext.llm import LLMConfig
 from recbole_ext.llm.rerank_window import RerankConfig, UserRanking, rerank_users
 from recbole_ext.llm.serve import llm_session
 from recbole_ext.metrics import metrics_from_ranks
-from recbole_ext.quick_start import run
-from recbole_ext.rerank import rerank_saved
+from recbole_ext.quick_start import rerank_saved, run
 from tests.llm_fault_server import FaultServer
 from tests.llm_fixtures import require_gguf
 

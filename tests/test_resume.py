@@ -15,9 +15,11 @@ import torch
 from recbole.trainer import S3RecTrainer
 from recbole.trainer import Trainer as RecBoleTrainer
 
+from recbole_ext.checkpoint import load_checkpoint
 from recbole_ext.config import Config
 from recbole_ext.quick_start import build, run
 from recbole_ext.trainer import Trainer, with_safe_checkpoints
+from recbole_ext.trainer.autodisenseq import AutoDisenSeqTrainer
 from recbole_ext.trainer.expctr import ExpCTRTrainer
 from recbole_ext.trainer.lrrecsys import LRRecsysTrainer
 from recbole_ext.trainer.resume import (
@@ -27,7 +29,6 @@ from recbole_ext.trainer.resume import (
     rng_state,
     set_rng_state,
 )
-from recbole_ext.utils import load_checkpoint
 from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
 
 EPOCHS = 4
@@ -247,11 +248,41 @@ def test_which_trainers_resume_epochs():
     class Declared(Staged):
         epoch_resume = True
 
+    class Hooked(Trainer):  # stages before RecBole's loop, in the base fit's hook
+        def _before_fit(self, train_data, valid_data, verbose, show_progress):
+            pass
+
+    class HookedDeclared(Hooked):
+        epoch_resume = True
+
     assert Trainer.allows_epoch_resume()
     assert not with_safe_checkpoints(S3RecTrainer).allows_epoch_resume()
-    for staged in (Staged, LRRecsysTrainer, ExpCTRTrainer):
+    for staged in (Staged, Hooked, LRRecsysTrainer, ExpCTRTrainer):
         assert not staged.allows_epoch_resume(), staged
-    assert Declared.allows_epoch_resume()
+    for declared in (Declared, HookedDeclared, AutoDisenSeqTrainer):
+        assert declared.allows_epoch_resume(), declared
+
+
+def test_fit_runs_the_stage_hook_once_before_recbole_loop(workdir):
+    spec = tiny(workdir, epochs=2)
+    config = Config(spec["model"], spec["dataset"], spec["config_file_list"], spec["config_dict"])
+    _, model, train_data, valid_data, _ = build(config)
+    calls = []
+
+    class Hooked(Trainer):
+        def _before_fit(self, *args):
+            calls.append(("before_fit", args))
+
+        def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+            calls.append(("epoch", epoch_idx))
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+
+    Hooked(config, model).fit(train_data, valid_data, verbose=False, saved=False)
+    assert calls == [
+        ("before_fit", (train_data, valid_data, False, False)),
+        ("epoch", 0),
+        ("epoch", 1),
+    ]
 
 
 def test_config_differences_name_each_key():

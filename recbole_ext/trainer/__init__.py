@@ -1,8 +1,10 @@
 """Trainers: RecBole's, with checkpoints that load under ``torch.load(weights_only=True)`` and
 runs that resume after a stop (:mod:`recbole_ext.trainer.resume`).
 
-Our models' own trainers (added by later issues) subclass :class:`Trainer` here and override one
-narrow hook each; RecBole's trainers are wrapped by :func:`with_safe_checkpoints`.
+Our models' own trainers subclass :class:`Trainer` here and override narrow hooks: stages before
+RecBole's ``fit`` loop go in ``_before_fit(train_data, valid_data, verbose, show_progress)`` (the
+base ``fit`` calls it, :class:`~recbole_ext.trainer.resume.ResumableTrainerMixin`), a stage's loss
+and rows in ``_train_epoch``; RecBole's trainers are wrapped by :func:`with_safe_checkpoints`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from recbole.evaluator import Collector
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import get_local_time, set_color
 
+from recbole_ext.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from recbole_ext.trainer.resume import ResumableTrainerMixin
 from recbole_ext.trainer.sampled_eval import SampledEvalMixin
-from recbole_ext.utils import load_checkpoint, restore_model, save_checkpoint
 
 
 class RecordingCollector(Collector):

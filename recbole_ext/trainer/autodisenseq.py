@@ -36,9 +36,11 @@ from __future__ import annotations
 import math
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.utils import init_seed, set_color
 
@@ -101,6 +103,103 @@ class EpochBatches:
                 yield batch
 
 
+# --- the fitness of an architecture (stage 2) -----------------------------------------------------
+def held_out_rows(model, inter) -> dict[str, torch.Tensor]:
+    """The validation rows as Seq2Seq rows (all on the CPU): each held-out item is the next item
+    and the whole future (``FUTURE_FIELD`` (N, L) = the item then padding, length 1)."""
+    target = inter[model.POS_ITEM_ID]  # (N,)
+    return {
+        model.ITEM_SEQ: inter[model.ITEM_SEQ],  # (N, L)
+        model.ITEM_SEQ_LEN: inter[model.ITEM_SEQ_LEN],  # (N,)
+        model.POS_ITEM_ID: target,
+        FUTURE_FIELD: F.pad(target.unsqueeze(1), (0, model.max_seq_length - 1)),  # (N, L)
+        FUTURE_LENGTH_FIELD: torch.ones_like(target),
+    }
+
+
+@torch.no_grad()
+def seq2seq_loss_fitness(model, rows: dict, batch_size: int, device, arch) -> float:
+    """``-`` the mean Seq2Seq loss (S2I + S2S, Eq. 13) of ``arch`` over ``rows``
+    (:func:`held_out_rows`), in consecutive batches of ``batch_size`` rows."""
+    model.eval()
+    total, count = 0.0, 0
+    n_rows = rows[model.POS_ITEM_ID].numel()
+    for start in range(0, n_rows, batch_size):
+        batch = {k: v[start : start + batch_size].to(device) for k, v in rows.items()}
+        s2i, s2s = model.seq2seq_losses(batch, arch)
+        n = batch[model.POS_ITEM_ID].numel()
+        total, count = total + float(s2i + s2s) * n, count + n
+    return -total / count
+
+
+def repeated_candidates(items: torch.Tensor) -> torch.Tensor:
+    """(U, C) mask of candidates that repeat an earlier one in their row (column 0, the held-out
+    item, is never masked). RecBole scatters candidate scores into an item table, so a re-sampled
+    negative counts once and a negative equal to the held-out item not at all.
+
+    >>> repeated_candidates(torch.tensor([[7, 3, 7, 3, 5]])).tolist()
+    [[False, False, True, True, False]]
+    """
+    order = items.sort(dim=1, stable=True).indices  # equal items keep their column order
+    sorted_items = items.gather(1, order)
+    repeat = torch.zeros_like(items, dtype=torch.bool)  # (U, C)
+    repeat.scatter_(1, order[:, 1:], sorted_items[:, 1:] == sorted_items[:, :-1])
+    return repeat
+
+
+class CandidateNDCG:
+    """``fitness(arch)``: NDCG@10 of the held-out item (column 0 of ``items``) among each user's
+    candidates, from one encoder pass per user and one scoring einsum.
+
+    While the weights stay the same (the search), the candidates' embeddings and the layer
+    outputs of architecture prefixes (per chunk of users) are computed once; a change of the
+    weights (:func:`weights_version`) drops them.
+
+    Args:
+        seqs: (U, L) input sequences; lens: (U,) their lengths; items: (U, C) candidates.
+    """
+
+    def __init__(self, model, seqs: torch.Tensor, lens: torch.Tensor, items: torch.Tensor):
+        self.model, self.seqs, self.lens, self.items = model, seqs, lens, items
+        self.repeat = repeated_candidates(items)  # (U, C)
+        self.weights = None  # weights_version of the cached tensors
+        self.caches: dict = {}  # PrefixCache per chunk of users
+        self.embeddings = None  # (U, C, D)
+
+    @torch.no_grad()
+    def __call__(self, arch) -> float:
+        model = self.model
+        model.eval()
+        version = weights_version(model)
+        if self.weights != version:  # first call, or the weights changed
+            self.weights, self.caches = version, {}
+            self.embeddings = model.item_embedding(self.items)  # (U, C, D)
+        phi = model.encode_inference(self.seqs, self.lens, arch, self.caches)  # (U, K, D)
+        scores = torch.einsum("ukd,ucd->ukc", phi, self.embeddings).amax(1)  # (U, C)
+        scores = scores.masked_fill(self.repeat, float("-inf"))
+        users = torch.arange(scores.size(0), device=scores.device)
+        return ndcg_at_k(scores, users, torch.zeros_like(users), 10)
+
+
+@torch.no_grad()
+def recbole_ndcg_fitness(model, batches: list, eval_func, arch) -> float:
+    """NDCG@10 of ``arch`` over evaluation ``batches`` scored by RecBole's ``eval_func``
+    (``_neg_sample_batch_eval`` / ``_full_sort_batch_eval``), the model's architecture swapped
+    for the call."""
+    model.eval()
+    model.architecture, saved = arch, model.architecture
+    try:
+        gains, users = 0.0, 0
+        for batched in batches:
+            _, scores, positive_u, positive_i = eval_func(batched)
+            positive_u, positive_i = positive_u.to(scores.device), positive_i.to(scores.device)
+            gains += ndcg_at_k(scores, positive_u, positive_i, 10) * scores.size(0)
+            users += scores.size(0)
+        return gains / users
+    finally:
+        model.architecture = saved
+
+
 class AutoDisenSeqTrainer(Trainer):
     epoch_resume = True  # stage 3 is RecBole's fit: it resumes epochs (recbole_ext.trainer.resume)
 
@@ -157,15 +256,10 @@ class AutoDisenSeqTrainer(Trainer):
         self._rows = None  # TrainingRows, built at first use
 
     # --- the stages ------------------------------------------------------------------------------
-    def fit(
-        self,
-        train_data,
-        valid_data=None,
-        verbose=True,
-        saved=True,
-        show_progress=False,
-        callback_fn=None,
-    ):
+    def _before_fit(self, train_data, valid_data, verbose, show_progress):
+        """Stages 1-2 (or their resume points), then the fine-tuning's start: the searched
+        architecture with its pre-trained weights, a fresh optimiser, the seed; RecBole's ``fit``
+        (the base class's) runs stage 3."""
         architecture = None
         if self.model.needs_search and self.load_resume_point(SEARCH, train_data=train_data):
             architecture = arch_from_dict(self.resume_point_extra["arch"])  # stages 1-2 done
@@ -185,7 +279,6 @@ class AutoDisenSeqTrainer(Trainer):
         init_seed(self.search_seed, self.config["reproducibility"])  # as a run without stages 1-2
         self.stage = FINETUNE
         self.stage_log.append((FINETUNE, "ran"))
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def pretrain(self, train_data, verbose=True, show_progress=False) -> None:
         """Stage 1: ``pretrain_epochs`` Seq2Seq epochs (the supernet's when searching), resumed
@@ -273,94 +366,25 @@ class AutoDisenSeqTrainer(Trainer):
 
     # --- 2. evolutionary search -----------------------------------------------------------------
     def architecture_fitness(self, valid_data, batches=None):
-        """``fitness(arch) -> float`` on ``valid_data``. Its batches are collected once (or given)
-        and reused: RecBole re-draws the pop100 negatives on every pass, the search must not."""
+        """``fitness(arch) -> float`` on ``valid_data`` (``search_fitness``): the negative
+        Seq2Seq loss of the held-out rows, or their NDCG@10 -- from one encoder pass per user
+        over a candidate table when the batches allow (:meth:`_candidate_table`), else through
+        RecBole's batch scoring. The batches are collected once (or given) and reused: RecBole
+        re-draws the pop100 negatives on every pass, the search must not."""
         batches = list(valid_data) if batches is None else batches
         self.tot_item_num = valid_data._dataset.item_num
-        model = self.model
-
         if self.search_fitness == "loss":
-            inter = valid_data._dataset.inter_feat
-            target = inter[model.POS_ITEM_ID]
-            rows = {
-                model.ITEM_SEQ: inter[model.ITEM_SEQ],
-                model.ITEM_SEQ_LEN: inter[model.ITEM_SEQ_LEN],
-                model.POS_ITEM_ID: target,
-                FUTURE_FIELD: torch.nn.functional.pad(
-                    target.unsqueeze(1), (0, model.max_seq_length - 1)
-                ),
-                FUTURE_LENGTH_FIELD: torch.ones_like(
-                    target
-                ),  # the future of a held-out row: itself
-            }
-            step = self.config["train_batch_size"]  # the in-batch softmaxes depend on |B|
-
-            @torch.no_grad()
-            def fitness(arch):
-                model.eval()
-                total, count = 0.0, 0
-                for start in range(0, target.numel(), step):
-                    batch = {k: v[start : start + step].to(self.device) for k, v in rows.items()}
-                    s2i, s2s = model.seq2seq_losses(batch, arch)
-                    n = batch[model.POS_ITEM_ID].numel()
-                    total, count = total + float(s2i + s2s) * n, count + n
-                return -total / count
-
-            return fitness
-
+            rows = held_out_rows(self.model, valid_data._dataset.inter_feat)
+            batch_size = self.config["train_batch_size"]  # the in-batch softmaxes depend on |B|
+            return partial(seq2seq_loss_fitness, self.model, rows, batch_size, self.device)
         candidates = self._candidate_table(batches)
         if candidates is not None:  # pop100: one encoder pass per user, one scoring einsum
-            seqs, lens, items = (t.to(self.device) for t in candidates)
-            # RecBole scatters candidate scores into an item table: a re-sampled negative counts once
-            order = items.sort(1).indices
-            repeat = torch.zeros_like(items, dtype=torch.bool)  # (U, C)
-            sorted_items = items.gather(1, order)
-            repeat.scatter_(1, order[:, 1:], sorted_items[:, 1:] == sorted_items[:, :-1])
-            repeat[:, 1:] |= items[:, 1:] == items[:, :1]  # a negative equal to the held-out item
-            # while the weights stay the same (the search), the candidates' embeddings and the
-            # layer outputs of architecture prefixes (per chunk of users) are computed once
-            memo = {"weights": None, "caches": {}, "h": None}
-
-            @torch.no_grad()
-            def fitness(arch):
-                model.eval()
-                version = weights_version(model)
-                if memo["weights"] != version:  # first call, or the weights changed
-                    h = model.item_embedding(items)  # (U, C, D), column 0 = held-out item
-                    memo.update(weights=version, caches={}, h=h)
-                phi = model.encode_inference(seqs, lens, arch, memo["caches"])  # (U, K, D)
-                scores = torch.einsum("ukd,ucd->ukc", phi, memo["h"]).amax(1)  # (U, C)
-                scores = scores.masked_fill(repeat, float("-inf"))
-                users = torch.arange(scores.size(0), device=scores.device)
-                return ndcg_at_k(scores, users, torch.zeros_like(users), 10)
-
-            return fitness
-
+            return CandidateNDCG(self.model, *(t.to(self.device) for t in candidates))
         full_sort = isinstance(valid_data, FullSortEvalDataLoader)
         if full_sort and self.item_tensor is None:
             self.item_tensor = valid_data._dataset.get_item_feature().to(self.device)
         eval_func = self._full_sort_batch_eval if full_sort else self._neg_sample_batch_eval
-
-        @torch.no_grad()
-        def fitness(arch):
-            model.eval()
-            model.architecture, saved = arch, model.architecture
-            try:
-                gains, users = 0.0, 0
-                for batched in batches:
-                    _, scores, positive_u, positive_i = eval_func(batched)
-                    n = scores.size(0)
-                    positive_u, positive_i = (
-                        positive_u.to(scores.device),
-                        positive_i.to(scores.device),
-                    )
-                    gains += ndcg_at_k(scores, positive_u, positive_i, 10) * n
-                    users += n
-                return gains / users
-            finally:
-                model.architecture = saved
-
-        return fitness
+        return partial(recbole_ndcg_fitness, self.model, batches, eval_func)
 
     def _candidate_table(self, batches):
         """``(sequences (U, L), lengths (U,), candidates (U, C))`` with the held-out item first,

@@ -34,6 +34,7 @@ import torch
 from recbole.utils import set_color
 from tqdm.auto import tqdm
 
+from recbole_ext.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from recbole_ext.config_sections import read_section
 from recbole_ext.expctr_results import ctr_metrics, mean, write_reward_trajectory
 from recbole_ext.expctr_run import ExpCTRRun, ExpCTRSample, StageRecord, is_ppo_stage
@@ -41,7 +42,6 @@ from recbole_ext.llm.config import LLMConfig
 from recbole_ext.llm.prompts import expctr_ctr_messages
 from recbole_ext.rl import ic_reward, lc_reward, normalize_and_clip
 from recbole_ext.trainer import Trainer
-from recbole_ext.utils import load_checkpoint, restore_model, save_checkpoint
 
 
 class ExpCTRTrainer(Trainer):

@@ -8,8 +8,8 @@
    AE(.) of every sample's two explanations into the model's buffers.
 3. DNN (lines 8-24): RecBole's own ``fit`` loop (early stopping on the validation slice).
 
-Only ``fit`` (a preparation step before ``super().fit``) and ``evaluate`` (adds the normalised
-regression metrics) are overridden.
+Only ``_before_fit`` (steps 1-2, the base trainer's hook before RecBole's ``fit``) and ``evaluate``
+(adds the normalised regression metrics) are overridden.
 """
 
 from __future__ import annotations
@@ -117,17 +117,9 @@ class LRRecsysTrainer(Trainer):
         self.explanations: dict[str, dict[str, str]] = {}
 
     # -- Algorithm 1, lines 1-7 -----------------------------------------------------------------
-    def fit(
-        self,
-        train_data,
-        valid_data=None,
-        verbose=True,
-        saved=True,
-        show_progress=False,
-        callback_fn=None,
-    ):
+    def _before_fit(self, train_data, valid_data, verbose, show_progress):
+        """Lines 1-7 before RecBole's ``fit`` (lines 8-24, the base class's)."""
         self.prepare_explanations(train_data._dataset, show_progress=True)
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def prepare_explanations(self, dataset, client=None, show_progress: bool = True) -> None:
         """Explanations of every sample -> AE(.) (or sentence embeddings) in the model buffers.

@@ -16,36 +16,37 @@ How (two hooks, RecBole's loop untouched):
   (``k``) and the random states (python, numpy, torch, CUDA and the train dataloader's
   ``torch.Generator``), taken at this point because it is the top of the loop: an interrupted run
   resumed here consumes exactly the random numbers the uninterrupted one did;
-- ``fit`` wraps RecBole's ``fit``: it loads the state (when there is one) before the loop starts
-  at ``start_epoch = k`` (random states are put back at the top of epoch ``k``) and marks the
-  state ``finished`` when the loop ends, so a finished run is not retrained (``fit`` returns the
-  recorded best score and result; the caller evaluates the recorded best checkpoint).
+- ``fit`` wraps RecBole's ``fit``: after the trainer's own stages (the hook
+  :meth:`ResumableTrainerMixin._before_fit`), it loads the state (when there is one) before the
+  loop starts at ``start_epoch = k`` (random states are put back at the top of epoch ``k``) and
+  marks the state ``finished`` when the loop ends, so a finished run is not retrained (``fit``
+  returns the recorded best score and result; the caller evaluates the recorded best checkpoint).
 
 Files are written atomically (temporary file, ``fsync``, rename: a kill never leaves half a
 state) and hold only tensors and plain values, so they load with ``torch.load(weights_only=True)``
-(:func:`recbole_ext.utils.load_checkpoint`). A state saved under another configuration (any
+(:func:`recbole_ext.checkpoint.load_checkpoint`). A state saved under another configuration (any
 config key but :data:`RUNTIME_KEYS`) is refused with a :class:`ValueError` naming the keys:
 resuming would silently mix two runs. Delete the directory (or use another ``--output``) to start
 afresh.
 
-Which trainers resume epochs: those whose ``fit`` is RecBole's own ``Trainer.fit`` (SASRec,
-GRU4Rec, BERT4Rec... and RecBole's KG trainers). A trainer that overrides ``fit`` with stages of
-its own (AutoDisenSeq: supernet → search → fine-tune; LR-Recsys: explanations → DNN; ExpCTR:
-PPO/CTR stages; RecBole's S3Rec/NCL) is opted out (:attr:`ResumableTrainerMixin.epoch_resume`
-``None`` resolves to ``False`` for it) and restarts from epoch 0, until it declares
-``epoch_resume = True`` and makes its stages resumable with named resume points::
+Which trainers resume epochs: those that train with RecBole's own ``Trainer.fit`` alone (SASRec,
+GRU4Rec, BERT4Rec... and RecBole's KG trainers). A trainer with stages of its own -- before
+RecBole's loop in :meth:`~ResumableTrainerMixin._before_fit` (AutoDisenSeq: pre-train → search,
+then fine-tune in RecBole's ``fit``; LR-Recsys: explanations, then the DNN), or around it in a
+``fit`` override (ExpCTR: PPO and CTR stages in turn; RecBole's S3Rec/NCL) -- is opted out
+(:attr:`ResumableTrainerMixin.epoch_resume` ``None`` resolves to ``False`` for it) and restarts
+from epoch 0, until it declares ``epoch_resume = True`` and makes its stages resumable with named
+resume points::
 
     class MyStagedTrainer(Trainer):
         epoch_resume = True  # the final RecBole fit resumes epochs (state "fit")
 
-        def fit(self, train_data, valid_data=None, verbose=True, saved=True,
-                show_progress=False, callback_fn=None):
+        def _before_fit(self, train_data, valid_data, verbose, show_progress):
             if self.load_resume_point("pretrain") is None:  # restores model, optimiser, RNG
                 self.pretrain(train_data)                   # any loop of the trainer's own
                 self.save_resume_point("pretrain", arch=[1, 0, 2])  # extras: plain values
             arch = self.resume_point_extra["arch"]           # the extras of the last load/save
-            ...
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            ...  # then fit runs RecBole's loop (resumed at its last epoch)
 
 ``load_resume_point(name)`` returns ``None`` without a directory or state (then run the stage)
 and otherwise restores what ``save_resume_point(name)`` saved. A stage that rebuilds the model or
@@ -66,8 +67,12 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
-from recbole_ext.config import config_to_plain
-from recbole_ext.utils import encode_other_parameter, load_checkpoint, restore_model
+from recbole_ext.checkpoint import (
+    config_to_plain,
+    encode_other_parameter,
+    load_checkpoint,
+    restore_model,
+)
 
 FORMAT = "recbole_ext-resume/1"
 FIT_STATE = "fit"  # name of the epoch-level state of RecBole's fit loop
@@ -200,7 +205,8 @@ class ResumableTrainerMixin:
 
     epoch_resume: bool | None = None
     """``True``/``False`` declares whether ``fit`` resumes epochs; ``None`` (default): only when
-    the trainer's ``fit`` is RecBole's own (a trainer with stages of its own opts out)."""
+    the trainer trains with RecBole's ``fit`` alone (a trainer with stages of its own, in
+    :meth:`_before_fit` or a ``fit`` override, opts out)."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -228,10 +234,13 @@ class ResumableTrainerMixin:
 
     @classmethod
     def allows_epoch_resume(cls) -> bool:
-        """:attr:`epoch_resume`, or for ``None``: the first ``fit`` in the class's MRO (this
-        mixin aside) is RecBole's ``Trainer.fit``."""
+        """:attr:`epoch_resume`, or for ``None``: the trainer keeps the default
+        :meth:`_before_fit` and the first ``fit`` in its MRO (this mixin aside) is RecBole's
+        ``Trainer.fit``."""
         if cls.epoch_resume is not None:
             return cls.epoch_resume
+        if cls._before_fit is not ResumableTrainerMixin._before_fit:
+            return False
         for klass in cls.__mro__:
             if klass is not ResumableTrainerMixin and "fit" in vars(klass):
                 return klass is RecBoleTrainer
@@ -303,7 +312,12 @@ class ResumableTrainerMixin:
             set_rng_state(state["rng"], dataloader_generators(train_data))
         return state
 
-    # --- RecBole hooks --------------------------------------------------------------------------
+    # --- the fit wrapper and its hook ------------------------------------------------------------
+    def _before_fit(self, train_data, valid_data, verbose: bool, show_progress: bool) -> None:
+        """Hook: the trainer's own stages before RecBole's ``fit`` loop (pre-training, a search,
+        explanations...), called by :meth:`fit` with its arguments; none here. A trainer that
+        overrides it resumes epochs only with ``epoch_resume = True`` (module docs)."""
+
     def fit(
         self,
         train_data,
@@ -313,13 +327,15 @@ class ResumableTrainerMixin:
         show_progress=False,
         callback_fn=None,
     ):
+        """:meth:`_before_fit`, then RecBole's ``fit`` loop (its epochs resumed when
+        :attr:`resumes_epochs`); RecBole's arguments and return value."""
+        self._before_fit(train_data, valid_data, verbose, show_progress)
         if not self.resumes_epochs:
             if self.resume_dir is not None and not self._warned_no_resume:
                 self._warned_no_resume = True
                 self.logger.warning(
                     set_color("resume", "yellow") + f": {type(self).__name__} trains in stages "
-                    "of its own (it overrides fit): no epoch-level resume, a stopped run starts "
-                    "again from epoch 0"
+                    "of its own: no epoch-level resume, a stopped run starts again from epoch 0"
                 )
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self._fit_config = config_fingerprint(self.config)
