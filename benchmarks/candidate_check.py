@@ -12,19 +12,15 @@ negatives per list and the mean number of negatives per list that are items of t
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from recbole.data import data_preparation
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from recbole.data import data_preparation  # noqa: E402
-
-from recbole_ext.config import Config  # noqa: E402
-from recbole_ext.data import candidates  # noqa: E402
-from recbole_ext.utils import create_dataset  # noqa: E402
+from recbole_ext.config import Config
+from recbole_ext.data import candidates
+from recbole_ext.utils import create_dataset
 
 
 def loaders(dataset: str, sampling: str):

@@ -42,7 +42,6 @@ from recbole_ext.expctr_results import (
     SENSITIVITY_METRICS,
     TRAJECTORY_FIELDS,
     ctr_metrics,
-    mean_std,
     plot_reward_trajectory,
     plot_sensitivity,
     reward_trajectory,
@@ -70,6 +69,7 @@ from recbole_ext.llm.store import ResponseStore
 from recbole_ext.model.context_aware_recommender.expctr import ExpCTRConfig
 from recbole_ext.quick_start import build
 from recbole_ext.rl.ppo import PPOConfig
+from recbole_ext.tables import markdown_table, mean_std, mean_std_cell
 from recbole_ext.utils import create_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +78,7 @@ SUITE = REPO / "properties" / "benchmark" / "expctr_sensitivity.yaml"
 CTR_BASELINES = "FM DeepFM AutoInt PNN xDeepFM FiGNN DCN DCNV2 DIN DIEN".split()
 BASE_LLM = "SmolLM2-135M-Instruct (packaged GGUF, Q4_1, dequantised to float32 in transformers)"
 STAGES = stage_names(iterations=1, final_refit=True)  # the tiny preset's
+METRIC_HEADER = ["AUC ↑", "LogLoss ↓", "MAE ↓", "RMSE ↓"]  # of METRICS
 
 
 def expctr_config(dataset: str, preset: str | None, seed: int | None = None, **values) -> Config:
@@ -154,15 +155,13 @@ def table(args) -> None:
         "trains and tests on the same rows. Mean ± std (ddof 1) over seeds; best mean in "
         f"**bold**. Base LLM: {BASE_LLM}.",
         "",
-        "| model | seeds | AUC ↑ | LogLoss ↓ | MAE ↓ | RMSE ↓ |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for name, s in summary.items():
-        cells = []
-        for m in METRICS:
-            text = f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}"
-            cells.append(f"**{text}**" if best[m] == name else text)
-        lines.append(f"| {name} | {len(s['seeds'])} | " + " | ".join(cells) + " |")
+        cells = [mean_std_cell(s[m]["mean"], s[m]["std"]) for m in METRICS]
+        cells = [f"**{c}**" if best[m] == name else c for m, c in zip(METRICS, cells, strict=True)]
+        table.append([name, len(s["seeds"]), *cells])
+    lines.append(markdown_table(table, ["model", "seeds", *METRIC_HEADER]))
     lines += ["", *split_sizes(args, sorted({s for r in rows.values() for s in r}))]
     lines += ["", *stage_times(args.output)]
     (args.output / "table1.md").write_text("\n".join(lines) + "\n")
@@ -172,34 +171,31 @@ def table(args) -> None:
 
 def split_sizes(args, seeds: list[int]) -> list[str]:
     """Markdown rows: train/valid/test sizes and test positives of each seed's split."""
-    lines = ["| seed | train | valid | test | test positives |", "|---|---|---|---|---|"]
+    table = []
     for seed in seeds:
         config = expctr_config(args.dataset, args.expctr_preset, seed, state="WARNING")
         init_seed(seed, config["reproducibility"])
         splits = data_preparation(config, create_dataset(config))
         sizes = [len(split.dataset) for split in splits]
         positives = int(splits[2].dataset.inter_feat["label"].sum())
-        lines.append(f"| {seed} | " + " | ".join(map(str, sizes)) + f" | {positives} |")
-    return lines
+        table.append([seed, *sizes, positives])
+    return markdown_table(table, ["seed", "train", "valid", "test", "test positives"]).splitlines()
 
 
 def stage_times(output: Path) -> list[str]:
     """Markdown rows: wall seconds of each ExpCTR stage per seed (the store's progress records)
     and of the whole run (``train_seconds``: stages + loading; test evaluation not included)."""
-    lines = [
-        "ExpCTR wall time per stage (s), shared 2-core CPU, 1 torch thread:",
-        "",
-        "| seed | " + " | ".join(STAGES) + " | fit total |",
-        "|---" * (len(STAGES) + 2) + "|",
-    ]
+    table = []
     for run in expctr_runs(output / "runs"):
         stages = stored_run(output, run).stages()
         seconds = [stages[name].seconds if name in stages else None for name in STAGES]
         cells = ["-" if v is None else f"{v:.0f}" for v in seconds]
-        lines.append(
-            f"| {run['config']['seed']} | " + " | ".join(cells) + f" | {run['train_seconds']:.0f} |"
-        )
-    return lines
+        table.append([run["config"]["seed"], *cells, f"{run['train_seconds']:.0f}"])
+    return [
+        "ExpCTR wall time per stage (s), shared 2-core CPU, 1 torch thread:",
+        "",
+        *markdown_table(table, ["seed", *STAGES, "fit total"]).splitlines(),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,18 +259,7 @@ def case_study(args) -> None:
     exp_texts, exp_lc = run.explanations_of(chosen, final)
     icl_zero_shot = run.icl_scores(chosen)
 
-    records, lines = [], []
-    lines += [
-        f"ml-100k test pairs of seed {args.seed} (ExpCTR run `{run.folder.name}`). ICL: the base "
-        f"LLM ({BASE_LLM}) with adapters off answering the §4.1 explanation prompt; ExpCTR: the "
-        f"generator after `{final}`. Both sampled at temperature "
-        f"{run.ppo.temperature}, at most {run.ppo.response_length} tokens. s_LC: p(Yes) "
-        "of the frozen LLM reading the explanation (Eq. 8); p_ICL: zero-shot p(Yes) from the "
-        "history prompt.",
-        "",
-        "| user | target | label | ICL explanation (s_LC) | ExpCTR explanation (s_LC) | p_ICL |",
-        "|---|---|---|---|---|---|",
-    ]
+    records, table = [], []
     for s, it, il, et, el, z in zip(
         chosen, icl_texts, icl_lc, exp_texts, exp_lc, icl_zero_shot, strict=True
     ):
@@ -291,10 +276,27 @@ def case_study(args) -> None:
                 "icl_zero_shot_p_yes": z,
             }
         )
-        lines.append(
-            f"| {s.key.split('|')[0]} | {s.target_text} | {s.label} | {cell(it)} ({il:.3f}) | "
-            f"{cell(et)} ({el:.3f}) | {z:.3f} |"
+        table.append(
+            [
+                s.key.split("|")[0],
+                s.target_text,
+                s.label,
+                f"{cell(it)} ({il:.3f})",
+                f"{cell(et)} ({el:.3f})",
+                f"{z:.3f}",
+            ]
         )
+    header = ["user", "target", "label", "ICL explanation (s_LC)", "ExpCTR explanation (s_LC)"]
+    lines = [
+        f"ml-100k test pairs of seed {args.seed} (ExpCTR run `{run.folder.name}`). ICL: the base "
+        f"LLM ({BASE_LLM}) with adapters off answering the §4.1 explanation prompt; ExpCTR: the "
+        f"generator after `{final}`. Both sampled at temperature "
+        f"{run.ppo.temperature}, at most {run.ppo.response_length} tokens. s_LC: p(Yes) "
+        "of the frozen LLM reading the explanation (Eq. 8); p_ICL: zero-shot p(Yes) from the "
+        "history prompt.",
+        "",
+        markdown_table(table, [*header, "p_ICL"]),
+    ]
     (args.output / "case_study.md").write_text("\n".join(lines) + "\n")
     (args.output / "case_study.json").write_text(json.dumps(records, indent=2) + "\n")
     print("\n".join(lines))
@@ -333,19 +335,16 @@ def ablation(args) -> None:
         f"Same test pairs ({len(pooled['labels'])} over {len(rows[names[0]])} seeds). Per seed: "
         "mean ± std over seeds; pooled: the metric over all seeds' pairs together.",
         "",
-        "| scores | AUC ↑ | LogLoss ↓ | MAE ↓ | RMSE ↓ | pooled AUC | pooled LogLoss |",
-        "|---|---|---|---|---|---|---|",
     ]
+    table = []
     for name in names:
-        cells = []
-        for m in METRICS:
-            mean, std = mean_std([rows[name][seed][m] for seed in rows[name]])
-            cells.append(f"{mean:.4f} ± {std:.4f}")
+        cells = [
+            mean_std_cell(*mean_std([rows[name][seed][m] for seed in rows[name]])) for m in METRICS
+        ]
         together = ctr_metrics(pooled["labels"], pooled[name])
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {together['auc']:.4f} | "
-            f"{together['logloss']:.4f} |"
-        )
+        table.append([name, *cells, f"{together['auc']:.4f}", f"{together['logloss']:.4f}"])
+    header = ["scores", *METRIC_HEADER, "pooled AUC", "pooled LogLoss"]
+    lines.append(markdown_table(table, header))
     (args.output / "alignment_ablation.md").write_text("\n".join(lines) + "\n")
     (args.output / "alignment_ablation.json").write_text(
         json.dumps({"per_seed": rows, "pooled_scores": pooled}, indent=2) + "\n"

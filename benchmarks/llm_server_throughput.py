@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LLMClient, LLMConfig, ResponseStore
 from recbole_ext.llm.serve import LocalLLMServer
+from recbole_ext.tables import mean_std
 
 TOPICS = ["cats", "rivers", "jazz", "chess", "tea", "trains", "maps", "bees", "snow", "clocks"]
 
@@ -85,10 +85,9 @@ def main() -> None:
     )
     summary = {}
     for key in keys:
-        values = [r[key] for r in results]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        summary[key] = {"mean": statistics.mean(values), "std": spread}
-        print(f"  {key:<24} {summary[key]['mean']:>10.3f} ± {spread:.3f}")
+        mean, std = mean_std(r[key] for r in results)  # sample std (ddof 1), 0 for one run
+        summary[key] = {"mean": mean, "std": std}
+        print(f"  {key:<24} {mean:>10.3f} ± {std:.3f}")
     print(json.dumps({"args": vars(args), "summary": summary, "runs": results}))
 
 

@@ -1,92 +1,56 @@
-"""LR-Recsys result tables on the documented ml-100k preset, every cell a mean ± std over seeds.
+"""LR-Recsys result tables from the harness's runs on the documented ml-100k preset: Table 2, the
+ablations (Tables 4-6 / C.5) and learning efficiency (Table 3), every cell a mean ± std over seeds.
 
-    # Table 2: LRRecsys vs RecBole's DeepFM, DIN, FM, xDeepFM, AutoInt, WideDeep, same rows;
-    # every model picks its learning rate from {0.01, 0.001} on validation
-    python benchmarks/lrrecsys_tables.py table2 --seeds=1,2,3
-    # Tables 4-6 / C.5: free vectors, raw sentence embeddings, positive only, profiles, summary
-    python benchmarks/lrrecsys_tables.py ablation --seeds=1,2,3
-    # Table 3: learning efficiency (share of the training samples kept, same test set)
-    python benchmarks/lrrecsys_tables.py efficiency --seeds=1,2,3 [--fractions=0.12,0.25,0.5,1]
-        [--variants=lrrecsys,free,FM] [--tasks=classification] [--learning_rates=0.01,0.001]
-        [--key=value ...]  # config overrides
+    # 1. the runs: one harness suite per table (resumable; explanations from the committed store)
+    python run_recbole_ext.py --benchmark --suite=properties/benchmark/lrrecsys_table2.yaml \
+        --output=benchmarks/results/lrrecsys/table2
+    python run_recbole_ext.py --benchmark --suite=properties/benchmark/lrrecsys_ablation.yaml \
+        --output=benchmarks/results/lrrecsys/ablation
+    python run_recbole_ext.py --benchmark --suite=properties/benchmark/lrrecsys_efficiency.yaml \
+        --output=benchmarks/results/lrrecsys/efficiency
+    # 2. the tables: benchmarks/results/lrrecsys/<table>.md and .json
+    python benchmarks/lrrecsys_tables.py table2|ablation|efficiency [--runs=DIR] [--output=DIR]
+    # <table>.md again from the committed <table>.json (each cell recomputed from its seeds)
+    python benchmarks/lrrecsys_tables.py table2 --from_json
 
-Preset (``PRESET``): 40 users drawn with ``lrrecsys_subset_seed=2020``, each user's earliest 20
-interactions -> 760 samples with 5-item histories, split per user in time 600 / 40 / 120
-(train / valid / test) by ``properties/protocol/lrrecsys.yaml``; every model, LRRecsys and the
-RecBole baselines alike, is built on that protocol (``dataset_class: LRRecsysDataset``), so all see
-the same rows (``tests/test_lrrecsys_baselines.py``). The baselines get the inputs of LR-Recsys's
-DNN without the explanations: user id, item id, the 5-item history and hour / weekday.
-
-Each run is written to ``<output>/runs/<variant>__<task>[__frac<f>]__seed<k>.json`` and skipped
-when that file exists (a rerun resumes); a table is written to ``<output>/<table>.json`` and
-``<table>.md``. Explanations are read from the response store (``llm_store_path``); with
-``lrrecsys_generate_missing=False`` (set here unless ``--generate``) a missing one is an error
-instead of hours of LLM calls.
+The suites (``properties/benchmark/lrrecsys_<table>.yaml``) hold the preset, the rows (named
+``<variant> <task>[ <training share>]``), the seeds and the learning rates: Table 2 gives every
+model the grid {0.01, 0.001} and the harness keeps, per row, the rate with the best mean
+validation AUC / RMSE over the seeds (``learning_rates``; the test set plays no part); the
+ablations and Table 3 keep the paper's 0.01. What stays here is LR-Recsys's own analysis: a
+variant's classification and regression runs side by side in one table row, the baselines' RMSE /
+MAE on the 1-5 scale (:func:`table_metrics`), Table 2's constant predictor and the Hanley-McNeil
+standard error of its test set, and Table 3's pivots by training share.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from recbole_ext.quick_start import run
+from recbole_ext.benchmark import BenchmarkSpec, chosen_runs, read_rows
+from recbole_ext.tables import markdown_table, mean_std_cell
+from recbole_ext.tables import mean_std as mean_and_std
 
-STORE = "benchmarks/results/lrrecsys/llm_store.sqlite"
-PRESET = {
-    "lrrecsys_max_users": 40,
-    "lrrecsys_max_user_interactions": 20,
-    "lrrecsys_use_profiles": False,
-    "llm_store_path": STORE,
-    "show_progress": False,
-}
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "lrrecsys"
+TABLES = ("table2", "ablation", "efficiency")
 RATING_SPAN = 4.0  # lrrecsys_rating_range [1, 5]
-TASKS = {
-    "classification": {},
-    "regression": {
-        "lrrecsys_task": "regression",
-        "metrics": ["RMSE", "MAE"],
-        "valid_metric": "RMSE",
-    },
+TASKS = ("classification", "regression")
+# variant (a suite row's first word) -> its label in the tables
+LABELS = {
+    "lrrecsys": "LR-Recsys (AE explanations, no profiles)",
+    **{name: f"{name} (RecBole)" for name in ("DeepFM", "DIN", "FM", "xDeepFM", "AutoInt")},
+    "WideDeep": "WideDeep (RecBole)",
+    "free": "Ablation 1: free learnable vectors",
+    "sentence_encoder": "Ablation 2: raw MiniLM embeddings, no AE",
+    "positive_only": "Positive explanations only",
+    "profiles": "With CoT profile augmentation",
+    "summary": "History summarisation (C.2.4)",
 }
-# Baselines: interactions only (no user / item side features): ids, item history, hour, weekday.
-ID_FEATURES = {"load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}}
-BASELINES = ["DeepFM", "DIN", "FM", "xDeepFM", "AutoInt", "WideDeep"]
-# variant id -> (table label, model, overrides)
-VARIANTS = {
-    "lrrecsys": ("LR-Recsys (AE explanations, no profiles)", "LRRecsys", {}),
-    **{name: (f"{name} (RecBole)", name, ID_FEATURES) for name in BASELINES},
-    "free": (
-        "Ablation 1: free learnable vectors",
-        "LRRecsys",
-        {"lrrecsys_explanation_source": "free"},
-    ),
-    "sentence_encoder": (
-        "Ablation 2: raw MiniLM embeddings, no AE",
-        "LRRecsys",
-        {"lrrecsys_explanation_source": "sentence_encoder"},
-    ),
-    "positive_only": ("Positive explanations only", "LRRecsys", {"lrrecsys_use_negative": False}),
-    "profiles": ("With CoT profile augmentation", "LRRecsys", {"lrrecsys_use_profiles": True}),
-    "summary": (
-        "History summarisation (C.2.4)",
-        "LRRecsys",
-        {"lrrecsys_explanation_mode": "summary"},
-    ),
-}
-TABLES = {
-    "table2": ["lrrecsys", *BASELINES],
-    "ablation": ["lrrecsys", "free", "sentence_encoder", "positive_only", "profiles", "summary"],
-    "efficiency": ["lrrecsys", "free", *BASELINES],
-}
-# Table 2 gives every model the same small grid, chosen on validation; the ablations and Table 3
-# keep the paper's rate (C.1) so that only the named factor changes.
-LEARNING_RATES = {"table2": "0.01,0.001", "ablation": "0.01", "efficiency": "0.01"}
 COLUMNS = {
     "auc": "AUC ↑",
     "logloss": "LogLoss ↓",
@@ -95,6 +59,44 @@ COLUMNS = {
     "rmse_norm": "RMSE (norm.) ↓",
     "mae_norm": "MAE (norm.) ↓",
 }
+
+
+def suite_of(table: str) -> BenchmarkSpec:
+    """The harness suite of ``table`` (``properties/benchmark/lrrecsys_<table>.yaml``)."""
+    return BenchmarkSpec.from_suite(REPO / "properties" / "benchmark" / f"lrrecsys_{table}.yaml")
+
+
+# The baselines' inputs: interactions only (ids, item history, hour, weekday), as the suites say.
+ID_FEATURES = {"load_col": suite_of("table2").config_of("FM classification")["load_col"]}
+
+
+def row_name(variant: str, task: str, fraction: float = 1.0) -> str:
+    """A suite row's name.
+
+    >>> row_name("FM", "regression"), row_name("free", "classification", 0.12)
+    ('FM regression', 'free classification 0.12')
+    """
+    return f"{variant} {task}" + ("" if fraction == 1.0 else f" {fraction:g}")
+
+
+def row_parts(spec: BenchmarkSpec, name: str) -> tuple[str, str, float]:
+    """``(variant, task, training share)`` of a suite row: the task and the share from its
+    config, the variant from its name, which must be :func:`row_name` of the three.
+
+    Raises:
+        ValueError: a row whose name disagrees with its config, or of an unknown variant.
+    """
+    config = spec.config_of(name)
+    task = config.get("lrrecsys_task", "classification")
+    fraction = float(config.get("lrrecsys_train_fraction", 1.0))
+    variant = name.split(" ")[0]
+    if variant not in LABELS or name != row_name(variant, task, fraction):
+        raise ValueError(
+            f"suite row {name!r}: expected the name {row_name(variant, task, fraction)!r} "
+            f"(<variant> <task>[ <share>], variant one of {sorted(LABELS)}) for its config "
+            f"lrrecsys_task={task}, lrrecsys_train_fraction={fraction:g}"
+        )
+    return variant, task, fraction
 
 
 def table_metrics(test: dict, task: str, label_is_rating: bool, span: float = RATING_SPAN) -> dict:
@@ -155,18 +157,13 @@ def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
     return float(np.sqrt(variance))
 
 
-def constant_predictor_row(base: dict, cmd_args: list[str]) -> dict:
-    """The constant predictor on the preset's rows (built once; no training, no seed)."""
+def constant_predictor_row(spec: BenchmarkSpec) -> dict:
+    """The constant predictor on the suite's rows (built once; no training, no seed)."""
     from recbole_ext.config import Config
     from recbole_ext.utils import create_dataset
 
-    config = Config(
-        "FM",
-        "ml-100k",
-        config_dict={**base, **ID_FEATURES, "eval_protocol": "lrrecsys"},
-        cmd_args=cmd_args,
-    )
-    train, _, test = create_dataset(config).build()
+    config = {**spec.overrides, **ID_FEATURES, "eval_protocol": "lrrecsys"}
+    train, _, test = create_dataset(Config("FM", spec.dataset, config_dict=config)).build()
     test_ratings = test.inter_feat["rating"].numpy()
     metrics = constant_predictor_metrics(train.inter_feat["rating"].numpy(), test_ratings)
     n_pos = int((test_ratings >= 4).sum())
@@ -179,100 +176,51 @@ def constant_predictor_row(base: dict, cmd_args: list[str]) -> dict:
         "train_fraction": 1.0,
         "seeds": [],
         "learning_rate": {},
-        "cells": {k: f"{v:.3f}" for k, v in metrics.items()},
+        "cells": {k: mean_std_cell(v, 0.0, digits=3, n=1) for k, v in metrics.items()},
         "values": metrics,
     }
 
 
 def mean_std(values: list[float]) -> str:
-    """``mean ± sample std`` (ddof = 1) with 3 decimals.
+    """``mean ± sample std`` (ddof = 1) with 3 decimals (:mod:`recbole_ext.tables`).
 
     >>> mean_std([0.5, 0.7, 0.6])
     '0.600 ± 0.100'
     """
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{float(np.mean(values)):.3f} ± {std:.3f}"
+    return mean_std_cell(*mean_and_std(values), digits=3)
 
 
-DEFAULT_LR = 0.01  # properties/protocol/lrrecsys.yaml (Appendix C.1)
-VALID_METRIC = {"classification": ("auc", max), "regression": ("rmse", min)}
-
-
-def run_id(variant: str, task: str, seed: int, fraction: float, lr: float = DEFAULT_LR) -> str:
-    """File stem of one run.
-
-    >>> run_id("FM", "regression", 2, 0.25, 0.001)
-    'FM__regression__frac0.25__lr0.001__seed2'
-    """
-    frac = "" if fraction == 1.0 else f"__frac{fraction:g}"
-    rate = "" if lr == DEFAULT_LR else f"__lr{lr:g}"
-    return f"{variant}__{task}{frac}{rate}__seed{seed}"
-
-
-def config_for(
-    variant: str, task: str, seed: int, fraction: float, base: dict, lr: float = DEFAULT_LR
-) -> tuple[str, dict]:
-    _, model, overrides = VARIANTS[variant]
-    config = {**base, **TASKS[task], **overrides, "seed": seed, "learning_rate": lr}
-    if model != "LRRecsys":
-        config["eval_protocol"] = "lrrecsys"  # LRRecsys's yaml sets it
-    elif task == "regression":
-        config["LABEL_FIELD"] = "rating"  # LRRecsys's regression head outputs the rating
-    if fraction != 1.0:
-        config["lrrecsys_train_fraction"] = fraction
-    return model, config
-
-
-def run_one(variant, task, seed, fraction, lr, base, runs_dir: Path, cmd_args: list[str]) -> dict:
-    path = runs_dir / f"{run_id(variant, task, seed, fraction, lr)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    model, config = config_for(variant, task, seed, fraction, base, lr)
-    start = time.perf_counter()
-    result = run(model, "ml-100k", config_dict=config, cmd_args=cmd_args)
-    record = {
-        "variant": variant,
-        "model": model,
-        "task": task,
-        "seed": seed,
-        "train_fraction": fraction,
-        "learning_rate": result["config"]["learning_rate"],
-        "metrics": table_metrics(result["test_result"], task, model == "LRRecsys"),
-        "test_result": result["test_result"],
-        "valid_result": result["valid_result"],
-        "seconds": round(time.perf_counter() - start, 1),
-        "num_parameters": result["num_parameters"],
-        "llm_usage": result["llm_usage"],
-        "model_file": result["model_file"],
-        "overrides": config,
-        "cmd_args": cmd_args,
-    }
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("variant", "task", "seed", "metrics")}), flush=True)
-    return record
-
-
-def select_by_validation(records: list[dict]) -> list[dict]:
-    """Per (variant, train fraction, task): the runs of the learning rate whose mean validation
-    score over seeds is best (AUC highest, RMSE lowest); test metrics play no part."""
-    groups: dict[tuple, dict[float, list[dict]]] = {}
-    for r in records:
-        key = (r["variant"], r["train_fraction"], r["task"])
-        groups.setdefault(key, {}).setdefault(r["learning_rate"], []).append(r)
-    chosen = []
-    for (_, _, task), by_lr in groups.items():
-        metric, best = VALID_METRIC[task]
-        lr = best(by_lr, key=lambda k: np.mean([r["valid_result"][metric] for r in by_lr[k]]))
-        chosen += by_lr[lr]
-    return chosen
+def records(spec: BenchmarkSpec, rows: list[dict]) -> list[dict]:
+    """One record per run the tables use (the harness's :func:`chosen_runs`: for a row with a
+    learning-rate grid, the runs of the rate chosen on validation), with the row's variant, task,
+    training share, learning rate and :func:`table_metrics`, ordered by seed."""
+    kept, chosen = chosen_runs(spec, rows)
+    out = []
+    for row in sorted(kept, key=lambda r: r["seed"]):
+        if row["model"] not in spec.models:
+            continue
+        variant, task, fraction = row_parts(spec, row["model"])
+        model = spec.model_of(row["model"])
+        out.append(
+            {
+                "variant": variant,
+                "task": task,
+                "train_fraction": fraction,
+                "seed": row["seed"],
+                "learning_rate": chosen.get(
+                    row["model"], spec.config_of(row["model"]).get("learning_rate")
+                ),
+                "metrics": table_metrics(row["test_result"], task, model == "LRRecsys"),
+            }
+        )
+    return out
 
 
 def summarise(records: list[dict]) -> list[dict]:
-    """One row per (variant, fraction): mean ± std over seeds of each metric, at the learning
-    rate chosen on validation for each task."""
+    """One row per (variant, training share), in the variants' order and by share: mean ± std
+    over seeds of each metric (its classification and regression runs side by side)."""
     rows: dict[tuple, dict] = {}
-    for r in select_by_validation(records):
+    for r in records:
         row = rows.setdefault(
             (r["variant"], r["train_fraction"]),
             {"variant": r["variant"], "train_fraction": r["train_fraction"], "values": {}},
@@ -281,24 +229,25 @@ def summarise(records: list[dict]) -> list[dict]:
             row["values"].setdefault(name, []).append(value)
         row.setdefault("seeds", set()).add(r["seed"])
         row.setdefault("learning_rate", {})[r["task"]] = r["learning_rate"]
+    order = list(dict.fromkeys(r["variant"] for r in records))
     return [
         {
             "variant": row["variant"],
-            "label": VARIANTS[row["variant"]][0],
+            "label": LABELS[row["variant"]],
             "train_fraction": row["train_fraction"],
             "seeds": sorted(row["seeds"]),
             "learning_rate": row["learning_rate"],
             "cells": {k: mean_std(v) for k, v in row["values"].items()},
             "values": row["values"],
         }
-        for row in rows.values()
+        for _, row in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1]))
     ]
 
 
 def markdown(rows: list[dict], with_fraction: bool, with_lr: bool) -> str:
     head = ["", *(["train data"] if with_fraction else []), *COLUMNS.values()]
     head += ["lr (cls / reg)"] if with_lr else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for row in rows:
         cells = [row["label"]]
         if with_fraction:
@@ -307,80 +256,71 @@ def markdown(rows: list[dict], with_fraction: bool, with_lr: bool) -> str:
         if with_lr:
             lrs = row["learning_rate"]
             cells.append(" / ".join(f"{lrs[t]:g}" if t in lrs else "-" for t in TASKS))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append(cells)
+    return markdown_table(table, head) + "\n"
 
 
 def pivot_markdown(rows: list[dict], metric: str) -> str:
     """One metric by variant (rows) and training share (columns): the compact Table 3."""
     fractions = sorted({r["train_fraction"] for r in rows})
-    lines = [
-        "| " + " | ".join([COLUMNS[metric], *(f"{f:.0%} train" for f in fractions)]) + " |",
-        "|" + "---|" * (len(fractions) + 1),
-    ]
+    table = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         cells = {
             r["train_fraction"]: r["cells"].get(metric, "") for r in rows if r["variant"] == variant
         }
-        label = VARIANTS[variant][0]
-        lines.append("| " + " | ".join([label, *(cells.get(f, "") for f in fractions)]) + " |")
-    return "\n".join(lines) + "\n"
+        table.append([LABELS[variant], *(cells.get(f, "") for f in fractions)])
+    return markdown_table(table, [COLUMNS[metric], *(f"{f:.0%} train" for f in fractions)]) + "\n"
+
+
+def render(table: str, rows: list[dict], with_lr: bool) -> str:
+    """``<table>.md``: the rows (Table 3: its AUC and RMSE pivots first), Table 2's test-set note."""
+    text = markdown(rows, table == "efficiency", with_lr)
+    if table == "efficiency":
+        text = "\n".join(pivot_markdown(rows, m) for m in ("auc", "rmse")) + "\n" + text
+    if table == "table2":
+        n_pos, n_neg = rows[-1]["test_high_low"]
+        text += (
+            f"\nTest set: {n_pos} high / {n_neg} low ratings. Hanley-McNeil standard error of an "
+            f"AUC of 0.6 on it: {rows[-1]['auc_standard_error_at_0.6']:.3f}.\n"
+        )
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("table", choices=sorted(TABLES))
-    parser.add_argument("--output", default="benchmarks/results/lrrecsys")
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated training seeds")
-    parser.add_argument("--variants", default=None, help=f"subset of {sorted(VARIANTS)}")
-    parser.add_argument("--tasks", default="classification,regression")
-    parser.add_argument("--fractions", default="0.12,0.25,0.5,1", help="efficiency table only")
+    parser.add_argument("table", choices=TABLES)
     parser.add_argument(
-        "--learning_rates",
-        default=None,
-        help="comma-separated grid; each (variant, task) reports the rate best on validation "
-        f"(default {LEARNING_RATES})",
+        "--runs", type=Path, default=None, help="the suite's harness output (<output>/<table>)"
     )
-    parser.add_argument("--generate", action="store_true", help="let runs call the LLM")
-    args, cmd_args = parser.parse_known_args()
-    torch.set_num_threads(1)
-    out = Path(args.output)
-    base = {
-        **PRESET,
-        "checkpoint_dir": str(out / "saved"),
-        "lrrecsys_generate_missing": args.generate,
-    }
-    variants = args.variants.split(",") if args.variants else TABLES[args.table]
-    fractions = (
-        [float(f) for f in args.fractions.split(",")] if args.table == "efficiency" else [1.0]
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where <table>.md/json go")
+    parser.add_argument(
+        "--from_json",
+        action="store_true",
+        help="rewrite <table>.md from <output>/<table>.json (cells recomputed from their seeds)",
     )
-    rates = [float(r) for r in (args.learning_rates or LEARNING_RATES[args.table]).split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    records = []
-    for task in args.tasks.split(","):
-        for variant in variants:
-            for fraction, lr, seed in itertools.product(fractions, rates, seeds):
-                records.append(
-                    run_one(variant, task, seed, fraction, lr, base, out / "runs", cmd_args)
-                )
-    rows = summarise(records)
-    if args.table == "table2":
-        rows.append(constant_predictor_row(base, cmd_args))
-    with_fraction, with_lr = args.table == "efficiency", len(rates) > 1
-    (out / f"{args.table}.json").write_text(
-        json.dumps({"preset": base, "cmd_args": cmd_args, "rows": rows}, indent=2) + "\n"
-    )
-    table = markdown(rows, with_fraction, with_lr)
-    if with_fraction:
-        table = "\n".join(pivot_markdown(rows, m) for m in ("auc", "rmse")) + "\n" + table
-    if args.table == "table2":
-        n_pos, n_neg = rows[-1]["test_high_low"]
-        table += (
-            f"\nTest set: {n_pos} high / {n_neg} low ratings. Hanley-McNeil standard error of an "
-            f"AUC of 0.6 on it: {rows[-1]['auc_standard_error_at_0.6']:.3f}.\n"
+    args = parser.parse_args()
+    spec = suite_of(args.table)
+    with_lr = any(spec.learning_rates_of(m) != [None] for m in spec.models)
+    if args.from_json:
+        rows = json.loads((args.output / f"{args.table}.json").read_text())["rows"]
+        for row in rows:
+            if row["variant"] != "constant":
+                row["cells"] = {k: mean_std(v) for k, v in row["values"].items()}
+    else:
+        runs = args.runs or args.output / args.table
+        results = read_rows(runs / "results.jsonl")
+        if not results:
+            raise SystemExit(f"no runs in {runs}/results.jsonl: run step 1 of this script's help")
+        rows = summarise(records(spec, results))
+        if args.table == "table2":
+            rows.append(constant_predictor_row(spec))
+        suite = f"properties/benchmark/lrrecsys_{args.table}.yaml"
+        (args.output / f"{args.table}.json").write_text(
+            json.dumps({"suite": suite, "config": spec.overrides, "rows": rows}, indent=2) + "\n"
         )
-    (out / f"{args.table}.md").write_text(table)
-    print(table)
+    text = render(args.table, rows, with_lr)
+    (args.output / f"{args.table}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Run every RecBole general / sequential / context-aware model for one epoch through our CLI.
 
     python benchmarks/model_sweep.py [--out benchmarks/results/model_sweep] [--models A,B] [--jobs 1]
+    python benchmarks/model_sweep.py --from_json     # <out>.md again from <out>.json
 
 Each model runs in its own process on the tiny test dataset (tests/data/tiny, 40 ml-100k users)
 with RecBole's default protocol for its type (context-aware models: ``--eval_protocol=ctr``); writes ``<out>.json`` (one record per model) and
@@ -18,6 +19,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from recbole_ext.tables import markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("general_recommender", "sequential_recommender", "context_aware_recommender")
@@ -97,7 +100,13 @@ def main():
     )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=600)
+    parser.add_argument(
+        "--from_json", action="store_true", help="rewrite <out>.md from <out>.json (no runs)"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        write_table(json.loads(Path(args.out).with_suffix(".json").read_text()), Path(args.out))
+        return
 
     models = recbole_models()
     if args.models:
@@ -124,14 +133,13 @@ def main():
         previous = json.loads(out.with_suffix(".json").read_text())
         rows = [fresh.pop(r["model"], r) for r in previous] + list(fresh.values())
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    ok = sum(r["ok"] for r in rows)
-    lines = [
-        f"{ok} of {len(rows)} RecBole models ran one epoch through `run_recbole_ext.py` on the "
-        "tiny dataset (`python benchmarks/model_sweep.py`).",
-        "",
-        "| kind | model | status | seconds | first test metric / reason |",
-        "|---|---|---|---|---|",
-    ]
+    write_table(rows, out)
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    """``<out>.md``: one line per model (kind, status, seconds, first test metric or the reason
+    it failed)."""
+    table = []
     for r in rows:
         if r["ok"]:
             if r["test_result"]:
@@ -142,10 +150,14 @@ def main():
         else:
             detail = r["reason"].replace("|", "\\|")
         status = "ok" if r["ok"] else "**fails**"
-        lines.append(
-            f"| {r['kind'].split('_')[0]} | {r['model']} | {status} | {r['seconds']} "
-            f"| {detail} |"
-        )
+        table.append([r["kind"].split("_")[0], r["model"], status, r["seconds"], detail])
+    ok = sum(r["ok"] for r in rows)
+    lines = [
+        f"{ok} of {len(rows)} RecBole models ran one epoch through `run_recbole_ext.py` on the "
+        "tiny dataset (`python benchmarks/model_sweep.py`).",
+        "",
+        markdown_table(table, ["kind", "model", "status", "seconds", "first test metric / reason"]),
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"{ok}/{len(rows)} ok; wrote {out.with_suffix('.md')}")
 

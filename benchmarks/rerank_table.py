@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from recbole_ext.metrics import paired_t_test, significance_stars
+from recbole_ext.tables import markdown_table
 
 COLUMNS = ["hit@1", "hit@5", "ndcg@5", "hit@10", "ndcg@10"]
 
@@ -34,13 +35,10 @@ def table(files: list[Path]) -> str:
     for run, path in zip(runs[1:], files[1:]):
         if run["test_result_before_rerank"] != base["test_result_before_rerank"]:
             raise SystemExit(f"{path}: another model or other candidates than {files[0]}")
-    header = "| variant | " + " | ".join(COLUMNS) + " | p (NDCG@10) | valid / repaired / fallback "
-    header += "| users moved | LLM wall s | req/s |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 6)]
+    header = ["variant", *COLUMNS, "p (NDCG@10)", "valid / repaired / fallback", "users moved"]
+    header += ["LLM wall s", "req/s"]
     before = base["test_result_before_rerank"]
-    lines.append(
-        f"| {base['model']} | " + " | ".join(f"{before[c]:.4f}" for c in COLUMNS) + " | | | | | |"
-    )
+    rows = [[base["model"], *(f"{before[c]:.4f}" for c in COLUMNS), None, None, None, None, None]]
     before_ndcg = np.array(base["test_per_user_ndcg@10_before_rerank"])
     for run in runs:
         info = run["rerank"]
@@ -48,15 +46,18 @@ def table(files: list[Path]) -> str:
         p = paired_t_test(np.array(run["test_per_user_ndcg@10"]), before_ndcg)
         o = info["outcomes"]
         rps = info["requests_per_second"]
-        lines.append(
-            f"| {variant_name(run['model'], info['rerank_keep_top'])} | "
-            + " | ".join(f"{after[c]:.4f}" for c in COLUMNS)
-            + f" | {'– (no change)' if np.isnan(p) else f'{p:.3g}{significance_stars(p)}'} | "
-            f"{o['valid']} / {o['repaired']} / "
-            f"{o['fallback']} | {info['moved_users']} / {info['users']} | "
-            f"{info['wall_seconds']:.0f} | {'cached' if rps is None else f'{rps:.2f}'} |"
+        rows.append(
+            [
+                variant_name(run["model"], info["rerank_keep_top"]),
+                *(f"{after[c]:.4f}" for c in COLUMNS),
+                "– (no change)" if np.isnan(p) else f"{p:.3g}{significance_stars(p)}",
+                f"{o['valid']} / {o['repaired']} / {o['fallback']}",
+                f"{info['moved_users']} / {info['users']}",
+                f"{info['wall_seconds']:.0f}",
+                "cached" if rps is None else f"{rps:.2f}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(rows, header)
 
 
 def main() -> None:

@@ -18,17 +18,13 @@ sample's last 5 items before it; ``DIN`` builds them, as every model on that pro
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+from recbole.data import data_preparation
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from recbole.data import data_preparation  # noqa: E402
-
-from recbole_ext.config import Config  # noqa: E402
-from recbole_ext.utils import create_dataset  # noqa: E402
+from recbole_ext.config import Config
+from recbole_ext.utils import create_dataset
 
 
 def split_by_user(config_dict: dict, model: str, dataset: str) -> dict[str, dict]:

@@ -31,6 +31,12 @@ config on top of the suite's::
     models:
       - SASRec
       - {name: "AutoDisenSeq (2) fixed arch", model: AutoDisenSeq, config: {arch_search: False}}
+
+**Learning rate chosen on validation**: a suite's ``learning_rates: [0.01, 0.001]`` (or a row's
+own ``learning_rates``) runs each (row, seed) once per rate, every run a row of ``results.jsonl``
+with its ``learning_rate``. The tables keep, per row, the runs of the rate whose validation metric
+(the run's ``valid_metric``, its best epoch), averaged over the seeds that every rate of the row
+has, is best (:func:`chosen_runs`; the test set plays no part), and name the chosen rate.
 """
 
 from __future__ import annotations
@@ -57,13 +63,16 @@ from logging import getLogger
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from recbole_ext.metrics import paired_t_test, relative_improvement, significance_stars
+from recbole_ext.tables import describe, markdown_table, mean_std_cell
 from recbole_ext.tune import absolute_paths
 
 SMALLER_IS_BETTER = {"logloss", "mae", "rmse"}
 PER_USER_KEY = "test_per_user_ndcg@10"
+Run = tuple[str, int, float | None]  # (row name, seed, learning rate of a grid or None)
 RAY_TASK_RETRIES = 2  # a Ray task whose worker process died is run again (it resumes its epochs)
 STOP_GRACE_SECONDS = 30  # a stopped worker's time to close what it opened (an LLM server)
 
@@ -84,7 +93,14 @@ class BenchmarkSpec:
     headline: str = field(default="ndcg@10", metadata={"help": "metric of the bar chart"})
     variants: dict[str, dict] = field(
         default_factory=dict,
-        metadata={"help": "row name → {model, config}: a model run with its own overrides"},
+        metadata={
+            "help": "row name → {model, config, learning_rates}: a model run with its own "
+            "overrides (and its own learning-rate grid)"
+        },
+    )
+    learning_rates: list[float] | None = field(
+        default=None,
+        metadata={"help": "grid run for every row; the tables keep the rate best on validation"},
     )
     workers: int = field(default=1, metadata={"help": "(model, seed) runs at a time"})
     ray_address: str | None = field(
@@ -125,13 +141,61 @@ class BenchmarkSpec:
                     f"--gpus_per_run={self.gpus_per_run} >= 0"
                 )
         for name, variant in self.variants.items():
-            unknown = set(variant) - {"model", "config"}
+            unknown = set(variant) - {"model", "config", "learning_rates"}
             if unknown or "model" not in variant:
                 raise ValueError(
-                    f"benchmark: variant {name!r} needs `model:` and may have `config:` "
-                    f"(got keys {sorted(variant)})"
+                    f"benchmark: variant {name!r} needs `model:` and may have `config:` and "
+                    f"`learning_rates:` (got keys {sorted(variant)})"
                 )
         self.output = Path(self.output)
+        for name in self.models:
+            self._check_learning_rates(name)
+
+    def _check_learning_rates(self, name: str) -> None:
+        """A row's grid is a non-empty list of distinct positive numbers, and no config of the row
+        sets ``learning_rate`` beside it (the grid sets it for each run)."""
+        rates = self.learning_rates_of(name)
+        if rates == [None]:
+            return
+        where = f"row {name!r}" if "learning_rates" in self.variants.get(name, {}) else "suite"
+        if not rates or any(
+            isinstance(r, bool) or not isinstance(r, int | float) or r <= 0 for r in rates
+        ):
+            raise ValueError(
+                f"benchmark: `learning_rates` of the {where} must be a list of positive numbers, "
+                f"e.g. [0.01, 0.001] (got {rates!r})"
+            )
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"benchmark: a learning rate is listed twice in {rates} ({where})")
+        config = self.config_of(name)
+        if "learning_rate" in config:
+            raise ValueError(
+                f"benchmark: row {name!r} has the grid learning_rates={rates} and also "
+                f"learning_rate={config['learning_rate']!r} in its config: drop one (the grid "
+                "sets learning_rate for each run)"
+            )
+
+    def config_of(self, name: str, lr: float | None = None) -> dict:
+        """The overrides a row runs with: the suite's ``config`` (and CLI overrides), the row's
+        own ``config``, and ``learning_rate`` of a grid run."""
+        config = {**self.overrides, **self.variants.get(name, {}).get("config", {})}
+        return config if lr is None else {**config, "learning_rate": lr}
+
+    def run_config(self, name: str, seed: int, lr: float | None = None) -> dict:
+        """The overrides of one run: :meth:`config_of`, the seed, the seed's candidate file and
+        the checkpoint folder under ``output``."""
+        return {
+            **self.config_of(name, lr),
+            "seed": seed,
+            "eval_candidates_file": str(self.output / "candidates" / f"seed{seed}.npz"),
+            "checkpoint_dir": str(self.output / "saved"),
+        }
+
+    def learning_rates_of(self, name: str) -> list[float | None]:
+        """The rates a row runs: its own ``learning_rates``, else the suite's, else ``[None]``
+        (one run with the rate of its config)."""
+        rates = self.variants.get(name, {}).get("learning_rates", self.learning_rates)
+        return [None] if rates is None else list(rates)
 
     def model_of(self, name: str) -> str:
         """The model class a row runs (a variant's ``model``, else the name itself)."""
@@ -142,6 +206,7 @@ class BenchmarkSpec:
         """A suite yaml (``models``, ``dataset``, ``seeds``, ``config``...) with CLI values on top."""
         suite = yaml.safe_load(Path(path).read_text()) or {}
         known = {"models", "dataset", "seeds", "config", "ours", "headline", "workers"}
+        known.add("learning_rates")
         unknown = set(suite) - known
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
@@ -166,6 +231,7 @@ class BenchmarkSpec:
             "overrides": suite.get("config", {}),
             "ours": suite.get("ours"),
             "headline": suite.get("headline", "ndcg@10"),
+            "learning_rates": suite.get("learning_rates"),
         }
         for key, value in cli.items():
             if value is None:
@@ -215,65 +281,78 @@ def with_absolute_paths(spec: BenchmarkSpec) -> BenchmarkSpec:
     )
 
 
-def run_key(model: str, seed: int) -> str:
-    """A file-system name for one (model or variant, seed) run.
+def run_key(model: str, seed: int, learning_rate: float | None = None) -> str:
+    """A file-system name for one (model or variant, seed[, learning rate of a grid]) run.
 
     >>> run_key("SASRec", 2020)[:13], run_key("SASRec 1 layer", 7)[:19]
     ('SASRec-seed20', 'SASRec_1_layer-seed')
     >>> run_key("a b", 1) != run_key("a_b", 1)  # a hash of the name keeps them apart
     True
+    >>> run_key("FM", 1, 0.001)[:17]
+    'FM_lr0.001-seed1-'
     """
+    if learning_rate is not None:
+        model = f"{model} lr{learning_rate:g}"
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", model).strip("_")
     return f"{slug}-seed{seed}-{hashlib.sha1(model.encode()).hexdigest()[:8]}"
 
 
-def resume_dir_of(spec: BenchmarkSpec, model: str, seed: int) -> Path:
-    """Where the run of ``model`` (or variant) and ``seed`` keeps its resume state."""
-    return spec.output / "resume" / run_key(model, seed)
+def resume_dir_of(spec: BenchmarkSpec, model: str, seed: int, lr: float | None = None) -> Path:
+    """Where the run of ``model`` (or variant), ``seed`` and grid rate ``lr`` keeps its resume
+    state."""
+    return spec.output / "resume" / run_key(model, seed, lr)
 
 
-def _run_one(spec: BenchmarkSpec, model: str, seed: int, runtime: dict | None = None) -> dict:
-    """One (model or variant, seed) training run; executed in a fresh process. ``runtime``:
-    settings of where it runs (a Ray task's ``gpu_id``)."""
+def _run_one(
+    spec: BenchmarkSpec,
+    model: str,
+    seed: int,
+    lr: float | None = None,
+    runtime: dict | None = None,
+) -> dict:
+    """One (model or variant, seed, grid rate) training run; executed in a fresh process.
+    ``runtime``: settings of where it runs (a Ray task's ``gpu_id``)."""
     from recbole_ext.quick_start import run
 
-    overrides = {
-        **spec.overrides,
-        **spec.variants.get(model, {}).get("config", {}),
-        "seed": seed,
-        "eval_candidates_file": str(spec.output / "candidates" / f"seed{seed}.npz"),
-        "checkpoint_dir": str(spec.output / "saved"),
-        **(runtime or {}),
-    }
+    overrides = {**spec.run_config(model, seed, lr), **(runtime or {})}
     result = run(
         spec.model_of(model),
         spec.dataset,
         spec.config_files or None,
         overrides,
-        resume_dir=resume_dir_of(spec, model, seed),
+        resume_dir=resume_dir_of(spec, model, seed, lr),
     )
-    result.pop("config")
+    config = result.pop("config")
     result["model"] = model  # the row's name (a variant's, for ablations)
     result["seed"] = seed
+    if lr is not None:  # a run of a learning-rate grid (chosen_runs picks among them)
+        result["learning_rate"] = lr
+        result["valid_metric"] = str(config["valid_metric"]).lower()
     result["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
 
 
-def _run_isolated(spec, model, seed, runtime=None):
+def _run_isolated(spec, model, seed, lr=None, runtime=None):
     try:
-        return _run_one(spec, model, seed, runtime)
+        return _run_one(spec, model, seed, lr, runtime)
     except Exception as err:  # reported in errors.jsonl, never stops the benchmark
-        return {"model": model, "seed": seed, "error": repr(err), "trace": traceback.format_exc()}
+        return {
+            "model": model,
+            "seed": seed,
+            **({} if lr is None else {"learning_rate": lr}),
+            "error": repr(err),
+            "trace": traceback.format_exc(),
+        }
 
 
-def _run_in_worker(spec, model, seed):
+def _run_in_worker(spec, model, seed, lr=None):
     """A local worker process's run; SIGTERM (the benchmark being stopped) unwinds it like an
     exception, so that what it opened (an LLM server) is closed."""
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    return _run_isolated(spec, model, seed)
+    return _run_isolated(spec, model, seed, lr)
 
 
-def _run_ray_task(spec, model, seed):
+def _run_ray_task(spec, model, seed, lr=None):
     """A Ray task's run: ``cpus_per_run`` torch threads, on the GPUs Ray assigned (RecBole would
     otherwise point ``CUDA_VISIBLE_DEVICES`` at its ``gpu_id`` 0; none: the CPU). Its row names
     the Ray node that ran it (``ray_node_id``)."""
@@ -282,7 +361,7 @@ def _run_ray_task(spec, model, seed):
 
     torch.set_num_threads(max(1, int(spec.cpus_per_run)))
     gpu_id = ",".join(str(g) for g in ray.get_gpu_ids())
-    row = _run_isolated(spec, model, seed, {"gpu_id": gpu_id})
+    row = _run_isolated(spec, model, seed, lr, {"gpu_id": gpu_id})
     row["ray_node_id"] = ray.get_runtime_context().get_node_id()  # which machine ran it
     return row
 
@@ -347,6 +426,26 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def run_id(row: dict) -> Run:
+    """``(model, seed, learning rate)`` of a result row (rate ``None`` outside a grid).
+
+    >>> run_id({"model": "FM", "seed": 1, "learning_rate": 0.01}), run_id({"model": "A", "seed": 2})
+    (('FM', 1, 0.01), ('A', 2, None))
+    """
+    return row["model"], row["seed"], row.get("learning_rate")
+
+
+def planned_runs(spec: BenchmarkSpec) -> list[Run]:
+    """Every (row, seed, grid rate) of ``spec``, seed by seed in the rows' order.
+
+    >>> spec = BenchmarkSpec(models=["A", "B"], seeds=[1, 2], learning_rates=[0.1, 0.01],
+    ...                      variants={"B": {"model": "B", "learning_rates": [0.5]}})
+    >>> planned_runs(spec)[:4]
+    [('A', 1, 0.1), ('A', 1, 0.01), ('B', 1, 0.5), ('A', 2, 0.1)]
+    """
+    return [(m, s, lr) for s in spec.seeds for m in spec.models for lr in spec.learning_rates_of(m)]
+
+
 def run_benchmark(spec: BenchmarkSpec) -> Path:
     """Run what is missing from ``spec.output/results.jsonl`` (local processes, or Ray tasks with
     ``spec.ray_address``), then write the tables."""
@@ -354,23 +453,25 @@ def run_benchmark(spec: BenchmarkSpec) -> Path:
     spec = with_absolute_paths(spec)
     spec.output.mkdir(parents=True, exist_ok=True)
     results_file = spec.output / "results.jsonl"
-    done = {(r["model"], r["seed"]) for r in read_rows(results_file)}
-    for model, seed in done:  # a row written just before a stop: its state is not needed
-        shutil.rmtree(resume_dir_of(spec, model, seed), ignore_errors=True)
-    todo = [(m, s) for s in spec.seeds for m in spec.models if (m, s) not in done]
+    done = {run_id(r) for r in read_rows(results_file)}
+    for model, seed, lr in done:  # a row written just before a stop: its state is not needed
+        shutil.rmtree(resume_dir_of(spec, model, seed, lr), ignore_errors=True)
+    todo = [run for run in planned_runs(spec) if run not in done]
     where = f"Ray at {spec.ray_address}" if spec.ray_address else f"{spec.workers} at a time"
     logger.info(f"benchmark: {len(done)} runs done, {len(todo)} to go ({where})")
     finished = iter(range(1, len(todo) + 1))
 
-    def record(model: str, seed: int, row: dict) -> None:
+    def record(run: Run, row: dict) -> None:
         """Append a finished run's row (one writer: this process), then drop its resume state."""
+        model, seed, lr = run
         target = spec.output / ("errors.jsonl" if "error" in row else "results.jsonl")
         with target.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if "error" not in row:
-            shutil.rmtree(resume_dir_of(spec, model, seed), ignore_errors=True)
+            shutil.rmtree(resume_dir_of(spec, model, seed, lr), ignore_errors=True)
         status = f"failed: {row['error']} (see {target})" if "error" in row else "done"
-        print(f"[{next(finished)}/{len(todo)}] {model} seed={seed} {status}", flush=True)
+        rate = "" if lr is None else f" lr={lr:g}"
+        print(f"[{next(finished)}/{len(todo)}] {model} seed={seed}{rate} {status}", flush=True)
 
     if todo:
         dispatch = _run_on_ray if spec.ray_address else _run_locally
@@ -379,32 +480,34 @@ def run_benchmark(spec: BenchmarkSpec) -> Path:
     return spec.output
 
 
-def _lost_run(model: str, seed: int, err: BaseException) -> dict:
+def _lost_run(run: Run, err: BaseException) -> dict:
+    model, seed, lr = run
     return {
         "model": model,
         "seed": seed,
+        **({} if lr is None else {"learning_rate": lr}),
         "error": f"{type(err).__name__}: the run's process died (killed or out of memory); "
         "rerun the same command to resume it from its last completed epoch",
         "trace": "".join(traceback.format_exception(err)),
     }
 
 
-def _run_locally(spec: BenchmarkSpec, todo: list[tuple[str, int]], record) -> None:
+def _run_locally(spec: BenchmarkSpec, todo: list[Run], record) -> None:
     context = multiprocessing.get_context("spawn")
     # max_tasks_per_child=1: every run gets a fresh process; rows are written here, by one writer
     with ProcessPoolExecutor(spec.workers, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_run_in_worker, spec, m, s): (m, s) for m, s in todo}
+        futures = {pool.submit(_run_in_worker, spec, *run): run for run in todo}
         with stop_on_signals(lambda: _stop_workers(pool)):
             for future in as_completed(futures):
-                model, seed = futures[future]
+                run = futures[future]
                 try:
                     row = future.result()
                 except BrokenProcessPool as err:  # a worker was killed: every run in flight ends
-                    row = _lost_run(model, seed, err)
-                record(model, seed, row)
+                    row = _lost_run(run, err)
+                record(run, row)
 
 
-def _run_on_ray(spec: BenchmarkSpec, todo: list[tuple[str, int]], record) -> None:
+def _run_on_ray(spec: BenchmarkSpec, todo: list[Run], record) -> None:
     import ray
 
     connect = not ray.is_initialized()
@@ -417,23 +520,21 @@ def _run_on_ray(spec: BenchmarkSpec, todo: list[tuple[str, int]], record) -> Non
             max_calls=1,  # a fresh worker process per run (true peak memory, GPU memory freed)
             max_retries=RAY_TASK_RETRIES,
         )(_run_ray_task)
-        runs = {
-            task.options(name=f"benchmark {model} seed={seed}").remote(spec, model, seed): (
-                model,
-                seed,
-            )
-            for model, seed in todo
-        }
+        runs = {}
+        for run in todo:
+            model, seed, lr = run
+            name = f"benchmark {model} seed={seed}" + ("" if lr is None else f" lr={lr:g}")
+            runs[task.options(name=name).remote(spec, *run)] = run
         pending = list(runs)
         with stop_on_signals(lambda: [ray.cancel(ref, force=True) for ref in runs]):
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                model, seed = runs[ready[0]]
+                run = runs[ready[0]]
                 try:
                     row = ray.get(ready[0])
                 except ray.exceptions.RayError as err:  # the worker died more than allowed
-                    row = _lost_run(model, seed, err)
-                record(model, seed, row)
+                    row = _lost_run(run, err)
+                record(run, row)
     finally:
         if connect:
             ray.shutdown()
@@ -475,24 +576,79 @@ def our_models(spec: BenchmarkSpec, models: list[str]) -> list[str]:
     return [m for m in models if get_model(spec.model_of(m)).__module__.startswith("recbole_ext.")]
 
 
+EXTRA_COLUMNS = ("train_seconds", "peak_memory_mib", "num_parameters")
+
+
 def summarise(rows: list[dict], models: list[str]) -> dict:
-    """``{model: {metric: (mean, std, n)}}`` over seeds, plus train seconds, memory, parameters."""
+    """``{model: {metric: (mean, std, n)}}`` over seeds (:func:`recbole_ext.tables.describe`),
+    plus train seconds, memory, parameters."""
     summary = {}
     for model in models:
         mine = [r for r in rows if r["model"] == model]
-        if not mine:
-            continue
-        values: dict[str, list[float]] = {}
-        for r in mine:
-            for metric, value in r["test_result"].items():
-                values.setdefault(metric, []).append(value)
-            for extra in ("train_seconds", "peak_memory_mib", "num_parameters"):
-                values.setdefault(extra, []).append(r[extra])
-        summary[model] = {
-            k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
-            for k, v in values.items()
-        }
+        if mine:
+            frame = pd.DataFrame(
+                [{**r["test_result"], **{k: r[k] for k in EXTRA_COLUMNS}} for r in mine]
+            )
+            summary[model] = describe(frame)
     return summary
+
+
+def choose_learning_rate(runs: list[dict]) -> float:
+    """The rate of a row's grid runs whose validation metric (each run's ``valid_metric``, looked
+    up in its ``valid_result``), averaged over the seeds that every rate has, is best: highest,
+    or lowest for LogLoss / MAE / RMSE; a NaN mean is the worst; a tie goes to the rate listed
+    first. The test metrics play no part.
+
+    >>> runs = [{"seed": s, "learning_rate": lr, "valid_metric": "rmse", "valid_result": {"rmse": v}}
+    ...         for s, lr, v in ((1, 0.1, 1.0), (1, 0.01, 0.8), (2, 0.1, 0.9), (2, 0.01, 1.2),
+    ...                          (3, 0.1, 5.0))]  # seed 3 has only one rate: left out
+    >>> choose_learning_rate(runs)  # mean RMSE 0.95 (0.1) vs 1.0 (0.01)
+    0.1
+    """
+    by_rate: dict[float, list[dict]] = {}
+    for run in runs:
+        by_rate.setdefault(run["learning_rate"], []).append(run)
+    seeds = set.intersection(*({r["seed"] for r in rs} for rs in by_rate.values()))
+    metric = runs[0]["valid_metric"]
+    sign = -1.0 if smaller_is_better(metric) else 1.0
+
+    def score(rate: float) -> float:
+        values = [
+            r["valid_result"][metric] for r in by_rate[rate] if r["seed"] in seeds or not seeds
+        ]
+        value = sign * float(np.mean(values))
+        return -math.inf if math.isnan(value) else value
+
+    return max(by_rate, key=score)
+
+
+def chosen_runs(spec: BenchmarkSpec, rows: list[dict]) -> tuple[list[dict], dict[str, float]]:
+    """The result rows the tables use, in their order, and ``{row: chosen rate}`` for the rows
+    with a learning-rate grid: such a row keeps the runs of :func:`choose_learning_rate` among
+    the rates of its current grid; a row without one keeps its runs without ``learning_rate``.
+
+    >>> spec = BenchmarkSpec(models=["FM", "A"], seeds=[1],
+    ...                      variants={"FM": {"model": "FM", "learning_rates": [0.1, 0.01]}})
+    >>> rows = [{"model": "FM", "seed": 1, "learning_rate": lr, "valid_metric": "auc",
+    ...          "valid_result": {"auc": v}} for lr, v in ((0.1, 0.6), (0.01, 0.7), (0.5, 0.9))]
+    >>> kept, rates = chosen_runs(spec, rows + [{"model": "A", "seed": 1}])
+    >>> [(r["model"], r.get("learning_rate")) for r in kept], rates
+    ([('FM', 0.01), ('A', None)], {'FM': 0.01})
+    """
+    grids = {m: spec.learning_rates_of(m) for m in spec.models}
+    grid_runs: dict[str, list[dict]] = {}
+    for row in rows:
+        rates = grids.get(row["model"], [None])
+        if rates != [None] and row.get("learning_rate") in rates:
+            grid_runs.setdefault(row["model"], []).append(row)
+    chosen = {model: choose_learning_rate(runs) for model, runs in grid_runs.items()}
+
+    def kept(row: dict) -> bool:
+        if grids.get(row["model"], [None]) == [None]:
+            return row.get("learning_rate") is None
+        return row["model"] in chosen and row.get("learning_rate") == chosen[row["model"]]
+
+    return [r for r in rows if kept(r)], chosen
 
 
 def shared_seeds(rows: list[dict], model: str, other: str) -> list[int]:
@@ -538,22 +694,28 @@ def common_seed_means(rows: list[dict], model: str, other: str, metric: str) -> 
 
 
 def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
+    """``table.md``, ``table.csv`` and the headline chart of the result ``rows`` (every run of a
+    learning-rate grid: the tables keep the runs of each row's chosen rate, :func:`chosen_runs`)."""
+    every_run = rows
+    rows, chosen = chosen_runs(spec, rows)
     models = [m for m in spec.models if any(r["model"] == m for r in rows)]
     summary = summarise(rows, models)
     if not summary:
         return
-    metrics = list(next(iter(summary.values())))
-    metrics = [
-        m for m in metrics if m not in ("train_seconds", "peak_memory_mib", "num_parameters")
-    ]
+    # every row's metrics, first row's first (rows of other tasks, e.g. regression beside
+    # classification, leave the cells of metrics they do not have empty)
+    metrics = list(dict.fromkeys(k for s in summary.values() for k in s))
+    metrics = [m for m in metrics if m not in EXTRA_COLUMNS]
+    having = {m: [model for model in summary if m in summary[model]] for m in metrics}
     ours = spec.ours if spec.ours is not None else our_models(spec, models)
     baselines = [m for m in models if m not in ours]
 
     def better(metric):
         return min if smaller_is_better(metric) else max
 
-    best = {m: better(m)(summary, key=lambda model: summary[model][m][0]) for m in metrics}
+    best = {m: better(m)(having[m], key=lambda model: summary[model][m][0]) for m in metrics}
     head = spec.headline if spec.headline in metrics else metrics[0]
+    baselines = [b for b in baselines if head in summary[b]]
     best_baseline = (
         better(head)(baselines, key=lambda b: summary[b][head][0]) if baselines else None
     )
@@ -561,25 +723,27 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
     lines = [
         f"Dataset `{spec.dataset}`, seeds {spec.seeds}; mean ± std over seeds of the test metrics;",
         f"best in **bold**; {candidates_note(rows)}",
-        "",
-        "| model | " + " | ".join(metrics) + " | train s | peak MiB | params |",
-        "|---" * (len(metrics) + 4) + "|",
     ]
+    if chosen:
+        lines.append(learning_rate_note(spec, chosen, every_run))
+    table = []
     for model in models:
-        cells = []
-        for metric in metrics:
-            mean, std, _ = summary[model][metric]
-            text = f"{mean:.4f} ± {std:.4f}"
-            cells.append(f"**{text}**" if best[metric] == model else text)
         s = summary[model]
-        lines.append(
-            f"| {model} | " + " | ".join(cells) + f" | {s['train_seconds'][0]:.1f} | "
-            f"{s['peak_memory_mib'][0]:.0f} | {int(s['num_parameters'][0])} |"
-        )
+        cells = [model]
+        for metric in metrics:
+            text = mean_std_cell(*s[metric][:2]) if metric in s else ""
+            cells.append(f"**{text}**" if best[metric] == model else text)
+        cells += [f"{s['train_seconds'][0]:.1f}", f"{s['peak_memory_mib'][0]:.0f}"]
+        cells.append(str(int(s["num_parameters"][0])))
+        if chosen:
+            cells.append(f"{chosen[model]:g}" if model in chosen else "")
+        table.append(cells)
+    header = ["model", *metrics, "train s", "peak MiB", "params", *(["lr"] if chosen else [])]
+    lines += ["", markdown_table(table, header)]
     partial = {
         model: sorted({r["seed"] for r in rows if r["model"] == model})
         for model in models
-        if summary[model][head][2] < len(spec.seeds)
+        if summary[model]["train_seconds"][2] < len(spec.seeds)
     }
     if partial:
         lines += [
@@ -595,30 +759,64 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
             "rows have; stars: paired t-test on per-user NDCG@10 pooled over those seeds "
             "(* p<0.05, ** p<0.01, *** p<0.001).",
             "",
-            "| model | " + " | ".join(metrics) + " | p-value |",
-            "|---" * (len(metrics) + 2) + "|",
         ]
+        gains = []
         for model in ours:
             if model not in summary:
                 continue
             a, b = paired_users(rows, model, best_baseline)
             p_value = paired_t_test(a, b) if len(a) else math.nan
             stars = significance_stars(p_value)
-            cells = []
+            cells = [model]
             for metric in metrics:
+                if metric not in summary[model] or metric not in summary[best_baseline]:
+                    cells.append("")
+                    continue
                 mine, theirs = common_seed_means(rows, model, best_baseline, metric)
                 gain = relative_improvement(mine, theirs, better(metric) is max)
                 cells.append(f"{gain:+.2f}%" + (stars if metric == "ndcg@10" else ""))
-            lines.append(f"| {model} | " + " | ".join(cells) + f" | {p_value:.3g} |")
+            gains.append([*cells, f"{p_value:.3g}"])
+        lines.append(markdown_table(gains, ["model", *metrics, "p-value"]))
     (spec.output / "table.md").write_text("\n".join(lines) + "\n")
 
     with (spec.output / "table.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "metric", "mean", "std", "n_seeds"])
+        rate = ["learning_rate"] if chosen else []
+        writer.writerow(["model", "metric", "mean", "std", "n_seeds", *rate])
         for model in models:
+            rate = [chosen.get(model, "")] if chosen else []
             for metric, (mean, std, n) in summary[model].items():
-                writer.writerow([model, metric, mean, std, n])
-    plot_headline(spec.output / f"{head.replace('@', '_at_')}.png", summary, models, head)
+                writer.writerow([model, metric, mean, std, n, *rate])
+    plotted = [m for m in models if head in summary[m]]
+    plot_headline(spec.output / f"{head.replace('@', '_at_')}.png", summary, plotted, head)
+
+
+def learning_rate_note(spec: BenchmarkSpec, chosen: dict[str, float], rows: list[dict]) -> str:
+    """The table's line on the rates chosen on validation (column ``lr``), naming the rows whose
+    grid has not run every (seed, rate) yet (their choice may change).
+
+    >>> spec = BenchmarkSpec(models=["FM"], seeds=[1, 2], learning_rates=[0.1, 0.01])
+    >>> note = learning_rate_note(spec, {"FM": 0.1}, [{"model": "FM", "seed": 1, "learning_rate": 0.1}])
+    >>> print(note)  # doctest: +ELLIPSIS
+    learning rate ... among 0.1, 0.01: ... results.jsonl. Grid not complete yet: FM (1 of 4 runs).
+    """
+    grids = {m: spec.learning_rates_of(m) for m in chosen}
+    note = (
+        "learning rate (`lr`) chosen on validation per row among "
+        + " / ".join(
+            ", ".join(f"{r:g}" for r in grid) for grid in dict.fromkeys(map(tuple, grids.values()))
+        )
+        + ": the best mean validation metric over seeds; every rate's runs are in results.jsonl."
+    )
+    incomplete = []
+    for model, grid in grids.items():
+        ran = {(r["seed"], r.get("learning_rate")) for r in rows if r["model"] == model}
+        planned = {(s, lr) for s in spec.seeds for lr in grid}
+        if not planned <= ran:
+            incomplete.append(f"{model} ({len(planned & ran)} of {len(planned)} runs)")
+    if incomplete:
+        note += " Grid not complete yet: " + "; ".join(incomplete) + "."
+    return note
 
 
 def plot_headline(path: Path, summary: dict, models: list[str], metric: str) -> None:

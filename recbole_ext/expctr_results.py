@@ -6,7 +6,8 @@ what a run leaves (:class:`recbole_ext.expctr_run.StoredRun`: store records and 
 ``test_result``, ``model_file``); ``benchmarks/expctr_report.py`` prints and plots them.
 
 - :func:`ctr_metrics` -- AUC, LogLoss, MAE, RMSE as RecBole computes them (ExpCTR-LLM, ICL);
-- :func:`mean_std`, :func:`same_metrics` -- over seeds; equality of reported metrics;
+- :func:`same_metrics` -- equality of reported metrics (mean ± std over seeds and the markdown
+  tables: :mod:`recbole_ext.tables`);
 - Table 1: :func:`table1_rows`, :func:`table1_summary`;
 - Fig. 3: :func:`reward_trajectory` (a run's PPO steps from its stage records; the committed
   ``reward_trajectory.csv`` regenerates from the store), :func:`write_reward_trajectory` (the
@@ -36,6 +37,7 @@ from sklearn.metrics import (
 )
 
 from recbole_ext.expctr_run import ExpCTRRun, StoredRun, is_ppo_stage, stage_names
+from recbole_ext.tables import markdown_table, mean_std, mean_std_cell
 
 METRICS = ("auc", "logloss", "mae", "rmse")
 # the columns of a PPO step (ExpCTRTrainer's trajectory rows, cleanrl's statistics of ppo_step)
@@ -68,18 +70,6 @@ def mean(values: Sequence[float]) -> float:
     (1.5, True)
     """
     return float(np.mean(values)) if len(values) else math.nan
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof 1; 0 for one value), NaNs dropped.
-
-    >>> [round(v, 4) for v in mean_std([0.5, 0.7, float("nan")])]
-    [0.6, 0.1414]
-    """
-    kept = [v for v in values if v == v]
-    if not kept:
-        return float("nan"), float("nan")
-    return float(np.mean(kept)), float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0
 
 
 def same_metrics(a: dict[str, float], b: dict[str, float], tol: float = 1e-9) -> bool:
@@ -265,18 +255,23 @@ def trajectory_summary(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 def trajectory_table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown rows of :func:`trajectory_summary` (Fig. 3's table)."""
-    lines = [
-        "| reward | PPO steps | mean raw reward | first step | last step | max abs KL "
-        "| max approx_kl | clipfrac | response tokens |",
-        "|---" * 9 + "|",
+    header = ["reward", "PPO steps", "mean raw reward", "first step", "last step", "max abs KL"]
+    header += ["max approx_kl", "clipfrac", "response tokens"]
+    table = [
+        [
+            s["reward"].upper(),
+            s["steps"],
+            f"{s['raw_reward']:.4f}",
+            f"{s['first']:.4f}",
+            f"{s['last']:.4f}",
+            f"{s['max_abs_kl']:.2e}",
+            f"{s['max_approx_kl']:.2e}",
+            f"{s['clipfrac']:.3f}",
+            f"{s['response_tokens']:.2f}",
+        ]
+        for s in trajectory_summary(rows)
     ]
-    for s in trajectory_summary(rows):
-        lines.append(
-            f"| {s['reward'].upper()} | {s['steps']} | {s['raw_reward']:.4f} | {s['first']:.4f} "
-            f"| {s['last']:.4f} | {s['max_abs_kl']:.2e} | {s['max_approx_kl']:.2e} | "
-            f"{s['clipfrac']:.3f} | {s['response_tokens']:.2f} |"
-        )
-    return lines
+    return markdown_table(table, header).splitlines()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,29 +455,14 @@ def sampling_span(records: list[dict], name: str) -> tuple[float, float]:
 
 def sensitivity_table(summary: list[dict], columns) -> list[str]:
     """Markdown rows of :func:`sensitivity_summary`: one per suite row, a ``mean ± std`` cell
-    per column (:data:`SENSITIVITY_METRICS`)."""
+    per column (:data:`SENSITIVITY_METRICS`; the mean alone for one seed, ``-`` for NaN)."""
     header = [f"{SENSITIVITY_METRICS[c][0]} {SENSITIVITY_METRICS[c][1]}".strip() for c in columns]
-    lines = ["| row | β | δ | seeds | " + " | ".join(header) + " |"]
-    lines.append("|---" * (len(columns) + 4) + "|")
-    for s in summary:
-        cells = [mean_std_cell(*s[c], len(s["seeds"])) for c in columns]
-        lines.append(
-            f"| {s['name']} | {s['beta']:g} | {s['delta']:g} | {len(s['seeds'])} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return lines
-
-
-def mean_std_cell(mean: float, std: float, seeds: int) -> str:
-    """``mean ± std``, the mean alone for one seed, ``-`` for NaN.
-
-    >>> mean_std_cell(0.5, 0.0, 1), mean_std_cell(0.5, 0.25, 2), mean_std_cell(math.nan, 0, 2)
-    ('0.5000', '0.5000 ± 0.2500', '-')
-    """
-    if mean != mean:
-        return "-"
-    return f"{mean:.4f}" if seeds == 1 else f"{mean:.4f} ± {std:.4f}"
+    table = [
+        [s["name"], f"{s['beta']:g}", f"{s['delta']:g}", len(s["seeds"])]
+        + [mean_std_cell(*s[c], n=len(s["seeds"])) for c in columns]
+        for s in summary
+    ]
+    return markdown_table(table, ["row", "β", "δ", "seeds", *header]).splitlines()
 
 
 def plot_sensitivity(path: str | os.PathLike, summary: list[dict], records: list[dict], paper):

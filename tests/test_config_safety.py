@@ -187,7 +187,6 @@ def test_no_model_of_the_sweep_is_refused():
     """benchmarks/model_sweep.py's 82 RecBole models with the sweep's own arguments, and ours:
     Config creation runs the key checks (no training here; benchmarks/config_keys_check.py also
     builds each model and checks every key its code looks up)."""
-    sys.path.insert(0, str(REPO_DIR / "benchmarks"))
     from model_sweep import EXTRA_ARGS, recbole_models
 
     models = recbole_models()

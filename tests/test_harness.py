@@ -301,3 +301,122 @@ def test_partial_rows_are_named_and_improvement_uses_only_shared_seeds(workdir):
     assert "Rows with fewer seeds (± 0 means one seed): base: seeds 2." in table
     # on seed 2 only: 0.3 vs 0.2 = +50 %; the all-seed means (0.2 vs 0.2) would give +0 %
     assert "| ours | +50.00%" in table
+
+
+def test_learning_rate_grid_keeps_per_row_the_rate_best_on_validation(workdir):
+    """A row's grid runs every (seed, rate) of BPR for one epoch on tiny; the tables use only the
+    runs of the rate whose mean validation metric over the seeds is best, and name it; every run
+    stays in results.jsonl and a rerun runs nothing."""
+    suite = workdir / "suite.yaml"
+    grid = [0.5, 0.0001]
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "models": [{"name": "BPR", "model": "BPR", "learning_rates": grid}],
+                "seeds": [2020, 2021],
+                "workers": 2,
+                "config": {"epochs": 1},
+            }
+        )
+    )
+    out = workdir / "bench"
+    args = ["--benchmark", f"--suite={suite}", f"--output={out}", *TINY]
+    run_recbole_ext.main(args)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["seed"], r["learning_rate"]) for r in rows) == [
+        ("BPR", 2020, 0.0001),
+        ("BPR", 2020, 0.5),
+        ("BPR", 2021, 0.0001),
+        ("BPR", 2021, 0.5),
+    ]
+    assert {r["valid_metric"] for r in rows} == {"mrr@10"}  # RecBole's default valid_metric
+
+    def mean_of(rate, result, metric):
+        return np.mean([r[result][metric] for r in rows if r["learning_rate"] == rate])
+
+    valid = {rate: mean_of(rate, "valid_result", "mrr@10") for rate in grid}
+    assert valid[0.5] != valid[0.0001]  # the rates train different models
+    chosen = max(grid, key=valid.get)
+    test = {rate: mean_of(rate, "test_result", "ndcg@10") for rate in grid}
+    assert test[0.5] != test[0.0001]
+
+    with (out / "table.csv").open() as f:
+        ndcg = next(r for r in csv.DictReader(f) if r["metric"] == "ndcg@10")
+    assert ndcg["n_seeds"] == "2"  # the chosen rate's two runs, not all four
+    assert float(ndcg["mean"]) == pytest.approx(test[chosen])
+    assert float(ndcg["learning_rate"]) == chosen
+    lines = (out / "table.md").read_text().splitlines()
+    assert lines[2].startswith(
+        "learning rate (`lr`) chosen on validation per row among 0.5, 0.0001"
+    )
+    assert lines[4].endswith("| lr |") and lines[6].endswith(f" | {chosen:g} |")
+
+    run_recbole_ext.main(args)  # complete: the rerun runs nothing (each rate's runs are known)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+
+
+def test_table_of_a_grid_uses_the_chosen_runs_beside_rows_without_a_grid(workdir):
+    # hand-made rows, no training: "g" has a grid, "p" one rate of its own
+    from recbole_ext.benchmark import write_tables
+
+    def row(model, seed, valid, test, lr=None):
+        return {
+            "model": model,
+            "seed": seed,
+            **({} if lr is None else {"learning_rate": lr, "valid_metric": "rmse"}),
+            "valid_result": {"rmse": valid},
+            "eval_candidates": None,
+            "test_result": {"rmse": test},
+            "train_seconds": 1.0,
+            "peak_memory_mib": 1.0,
+            "num_parameters": 1,
+        }
+
+    rows = [
+        row("g", 1, 1.0, 0.1, 0.1),  # lr 0.1: mean valid RMSE 1.0, best test
+        row("g", 1, 0.8, 0.9, 0.01),  # lr 0.01: mean valid RMSE (0.8 + 0.9) / 2 = 0.85, chosen
+        row("g", 2, 1.0, 0.1, 0.1),
+        row("g", 2, 0.9, 0.5, 0.01),
+        row("g", 3, 5.0, 0.0, 0.01),  # lr 0.01 only: left out of the choice (with it: lr 0.1)
+        row("p", 1, 0.5, 0.3),
+        row("p", 2, 0.5, 0.5),
+    ]
+    spec = BenchmarkSpec(
+        models=["g", "p"],
+        seeds=[1, 2, 3],
+        output=workdir,
+        ours=[],
+        headline="rmse",
+        variants={"g": {"model": "g", "learning_rates": [0.1, 0.01]}},
+    )
+    write_tables(spec, rows)
+    lines = (workdir / "table.md").read_text().splitlines()
+    assert lines[2].endswith("Grid not complete yet: g (5 of 6 runs).")
+    # g: test RMSE of the lr-0.01 runs, seeds 1-3: mean 0.4667, std 0.4509; p: 0.4 ± 0.1414
+    assert lines[6] == "| g | 0.4667 ± 0.4509 | 1.0 | 1 | 1 | 0.01 |"
+    assert lines[7] == "| p | **0.4000 ± 0.1414** | 1.0 | 1 | 1 |  |"
+    with (workdir / "table.csv").open() as f:
+        rates = {r["model"]: r["learning_rate"] for r in csv.DictReader(f)}
+    assert rates == {"g": "0.01", "p": ""}
+
+
+@pytest.mark.parametrize(
+    "suite, message",
+    [
+        (
+            {"models": ["BPR"], "learning_rates": [0.01], "config": {"learning_rate": 0.1}},
+            "row 'BPR' has the grid learning_rates=\\[0.01\\] and also learning_rate=0.1",
+        ),
+        ({"models": ["BPR"], "learning_rates": [0.01, 0.01]}, "listed twice"),
+        ({"models": ["BPR"], "learning_rates": []}, "list of positive numbers"),
+        (
+            {"models": [{"name": "x", "model": "BPR", "learning_rates": ["fast"]}]},
+            "`learning_rates` of the row 'x' must be a list of positive numbers",
+        ),
+    ],
+)
+def test_learning_rate_grid_is_checked_when_the_suite_is_read(workdir, suite, message):
+    path = workdir / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ValueError, match=message):
+        BenchmarkSpec.from_suite(path)

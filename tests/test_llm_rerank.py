@@ -192,9 +192,6 @@ def test_metrics_before_and_after_use_identical_candidates(tmp_path):
 
 
 def test_table4_script_lists_variants_on_the_same_lists(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(REPO_DIR / "benchmarks"))
     from rerank_table import table
 
     before = {"hit@1": 0.1, "hit@5": 0.3, "ndcg@5": 0.2, "hit@10": 0.5, "ndcg@10": 0.3}

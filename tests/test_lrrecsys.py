@@ -435,11 +435,6 @@ def test_ablations_raw_sentence_embeddings_and_positive_only(workdir):
 
 
 def test_explanation_stats_on_hand_example():
-    import sys
-
-    from tests.conftest import REPO_DIR
-
-    sys.path.insert(0, str(REPO_DIR / "benchmarks"))
     from lrrecsys_analysis import explanation_stats, naming_shares, title_of
 
     texts = [

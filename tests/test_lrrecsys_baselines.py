@@ -2,28 +2,25 @@
 LRRecsys's train / valid / test rows and labels, and read ids, the item history and the time
 context only; the table script's metric conversion and aggregation."""
 
-import sys
-
 import numpy as np
 import pytest
-
-from recbole_ext.config import Config
-from recbole_ext.data.lrrecsys_dataset import HOUR, SAMPLE_ID, WEEKDAY
-from recbole_ext.data.lrrecsys_samples import rescale_ratings
-from recbole_ext.quick_start import build
-from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
-
-sys.path.insert(0, str(REPO_DIR / "benchmarks"))
-from lrrecsys_tables import (  # noqa: E402
+from lrrecsys_tables import (
     ID_FEATURES,
-    config_for,
     constant_predictor_metrics,
     hanley_mcneil_se,
     mean_std,
     pivot_markdown,
-    select_by_validation,
+    row_parts,
+    suite_of,
     table_metrics,
 )
+
+from recbole_ext.benchmark import BenchmarkSpec, chosen_runs
+from recbole_ext.config import Config
+from recbole_ext.data.lrrecsys_dataset import HOUR, SAMPLE_ID, WEEKDAY
+from recbole_ext.data.lrrecsys_samples import rescale_ratings
+from recbole_ext.quick_start import build
+from tests.conftest import TINY_DATA, TINY_YAML
 
 SUBSET = {
     "MAX_ITEM_LIST_LENGTH": 5,  # tiny.yaml says 20
@@ -151,14 +148,14 @@ def test_rescale_ratings_and_table_metrics_on_hand_values():
 def test_learning_rate_is_chosen_on_validation_not_test():
     def record(task, lr, seed, valid, test):
         metric = "auc" if task == "classification" else "rmse"
-        return {
-            "variant": "FM",
-            "train_fraction": 1.0,
+        return {  # a harness result row of the Table-2 suite's learning-rate grid
+            "model": f"FM {task}",
             "task": task,
             "learning_rate": lr,
             "seed": seed,
+            "valid_metric": metric,
             "valid_result": {metric: valid},
-            "metrics": {metric: test},
+            "test_result": {metric: test},
         }
 
     records = [
@@ -171,7 +168,10 @@ def test_learning_rate_is_chosen_on_validation_not_test():
         record("regression", 0.01, 1, 1.0, 0.1),
         record("regression", 0.001, 1, 0.9, 2.0),
     ]
-    chosen = select_by_validation(records)
+    spec = BenchmarkSpec(
+        models=["FM classification", "FM regression"], seeds=[1, 2], learning_rates=[0.01, 0.001]
+    )
+    chosen, _ = chosen_runs(spec, records)
     assert sorted((r["task"], r["learning_rate"], r["seed"]) for r in chosen) == [
         ("classification", 0.01, 1),
         ("classification", 0.01, 2),
@@ -180,15 +180,26 @@ def test_learning_rate_is_chosen_on_validation_not_test():
 
 
 def test_table_configs_put_every_model_on_the_protocol():
-    model, config = config_for("DIN", "regression", 3, 0.25, {"lrrecsys_max_users": 40}, 0.001)
-    assert model == "DIN" and config["eval_protocol"] == "lrrecsys"
+    efficiency, table2 = suite_of("efficiency"), suite_of("table2")
+    assert table2.learning_rates_of("DIN regression") == [0.01, 0.001]
+    config = table2.run_config("DIN regression", 3, 0.001)
+    assert table2.model_of("DIN regression") == "DIN" and config["eval_protocol"] == "lrrecsys"
     assert config["learning_rate"] == 0.001
     assert config["lrrecsys_task"] == "regression" and config["seed"] == 3
+    assert config["load_col"] == ID_FEATURES["load_col"]
+    config = efficiency.run_config("DIN regression 0.25", 3)
     assert config["lrrecsys_train_fraction"] == 0.25 and "LABEL_FIELD" not in config
-    model, config = config_for("free", "regression", 1, 1.0, {})
-    assert model == "LRRecsys" and config["LABEL_FIELD"] == "rating"
+    assert row_parts(efficiency, "DIN regression 0.25") == ("DIN", "regression", 0.25)
+    config = efficiency.config_of("free regression")
+    assert (
+        efficiency.model_of("free regression") == "LRRecsys" and config["LABEL_FIELD"] == "rating"
+    )
     assert config["lrrecsys_explanation_source"] == "free"
     assert "lrrecsys_train_fraction" not in config and "eval_protocol" not in config
+    # every suite: the committed store's time order, and only rows named after their config
+    for spec in (efficiency, table2, suite_of("ablation")):
+        assert spec.overrides["time_order"] == "recbole" and spec.seeds == [1, 2, 3]
+        assert all(row_parts(spec, name) for name in spec.models)
 
 
 def test_efficiency_pivot_puts_each_training_share_in_its_column():
