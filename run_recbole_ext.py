@@ -1,11 +1,17 @@
 """recbole-ext command line.
 
+    python run_recbole_ext.py --preset=quick    # start here: AutoDisenSeq's whole pipeline, ~5 min
+    python run_recbole_ext.py                   # the default run: AutoDisenSeq on ml-100k, hours
     python run_recbole_ext.py --model=SASRec --dataset=ml-100k [--output=out.json]
     python run_recbole_ext.py --benchmark --models=SASRec,GRU4Rec --seeds=3 --output=DIR [--workers=4]
     python run_recbole_ext.py --benchmark ... --ray_address=auto [--cpus_per_run=1 --gpus_per_run=0]
     python run_recbole_ext.py --tune --model=SASRec --search_space=FILE --num_samples=8 --output=DIR
     python run_recbole_ext.py --model=AutoDisenSeq --llm_rerank=True [--rerank_keep_top=0]
     python run_recbole_ext.py --rerank_from=saved/<model>.pth [--rerank_keep_top=0] --output=x.json
+
+A run shows a header (model, data, protocol, stages), a progress bar per stage when stderr is a
+terminal (``--show_progress=False``: none), an estimate of its duration from the first steps and at
+the end the result table and its files.
 
 Any ``--key=value`` not listed in ``--help`` is a RecBole/recbole-ext config override. A key that no
 yaml declares and no code reads (a typo) stops the job before data loads (``--allow_unknown_keys=True``
@@ -142,6 +148,8 @@ def main(argv=None):
     else:
         from recbole_ext.quick_start import run
 
+        if not any(o.split("=")[0] == "--show_progress" for o in overrides):
+            overrides = [*overrides, "--show_progress=True"]  # bars when stderr is a terminal
         run(args.model, args.dataset, config_files or None, cmd_args=overrides, output=args.output)
 
 

@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from logging import getLogger
 from pathlib import Path
 
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recbole_ext.checkpoint import config_to_plain, load_checkpoint, restore_model
 from recbole_ext.config import Config
 from recbole_ext.data.candidates import fix_candidates
 from recbole_ext.metrics import per_user_from_struct
 from recbole_ext.rerank import rerank_test
+from recbole_ext.run_report import (
+    IN_LOG_FILE_ONLY,
+    progress_setting,
+    route_console,
+    run_header,
+    run_plan,
+    run_summary,
+)
 from recbole_ext.trainer.resume import resume_dir_for
 from recbole_ext.utils import create_dataset, get_model, get_trainer
 
@@ -35,7 +45,7 @@ def build(config: Config):
     )
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    getLogger().info(model)
+    getLogger().debug(model)  # the module tree: hundreds of lines (--state=DEBUG shows it)
     return dataset, model, train_data, valid_data, test_data
 
 
@@ -77,10 +87,12 @@ def run(
         config_dict=config_dict,
         cmd_args=cmd_args,
     )
+    run_start = time.perf_counter()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    log_file = route_console()
     logger = getLogger()
-    logger.info(config)
+    logger.info(config, extra=IN_LOG_FILE_ONLY)
     dataset_obj, model_obj, train_data, valid_data, test_data = build(config)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
@@ -88,26 +100,40 @@ def run(
         resume_dir = resume_dir_for(output)
     if resume_dir is not None and hasattr(trainer, "enable_resume"):  # not xgboost/lightgbm
         trainer.enable_resume(resume_dir)
-    start = time.perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data,
-        valid_data,
-        saved=saved,
-        show_progress=config["show_progress"],
-        callback_fn=callback_fn,
-    )
-    train_seconds = time.perf_counter() - start + getattr(trainer, "seconds_before_resume", 0.0)
-    test_result, test_per_user = None, None
-    if evaluate_test and config["train_stage"] != "pretrain":  # S3Rec/RaCT pre-training: no test
-        test_result = trainer.evaluate(
-            test_data, load_best_model=saved, show_progress=config["show_progress"]
+    show_progress, progress = progress_setting(config["show_progress"])
+    plan = run_plan(trainer, train_data, valid_data, test_data)
+    if hasattr(trainer, "progress"):  # the first estimate projects the later training stages
+        trainer.progress.plan = plan
+    splits = {"train": train_data, "valid": valid_data, "test": test_data}
+    splits = {name: len(data._dataset) for name, data in splits.items()}
+    logger.info(run_header(config, dataset_obj, model_obj, plan, splits, progress, log_file))
+    with logging_redirect_tqdm() if show_progress else nullcontext():  # log lines above the bars
+        start = time.perf_counter()
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data,
+            valid_data,
+            saved=saved,
+            show_progress=show_progress,
+            callback_fn=callback_fn,
         )
-        test_per_user = per_user_from_struct(trainer.eval_collector.last_struct)
-    logger.info(f"best valid: {best_valid_result}")
-    logger.info(f"test result: {test_result}")
-    rerank = None
-    if test_result is not None and config["llm_rerank"]:  # AutoDisenSeq-LLM (§4.3)
-        rerank = rerank_test(config, trainer, test_data, dataset_obj)
+        train_seconds = time.perf_counter() - start
+        stage_seconds = dict(getattr(getattr(trainer, "progress", None), "seconds", {}))
+        test_result, test_per_user = None, None
+        if evaluate_test and config["train_stage"] != "pretrain":  # S3Rec/RaCT: no test
+            start = time.perf_counter()
+            test_result = trainer.evaluate(
+                test_data, load_best_model=saved, show_progress=show_progress
+            )
+            stage_seconds["test"] = time.perf_counter() - start
+            test_per_user = per_user_from_struct(trainer.eval_collector.last_struct)
+        rerank = None
+        if test_result is not None and config["llm_rerank"]:  # AutoDisenSeq-LLM (§4.3)
+            start = time.perf_counter()
+            rerank = rerank_test(
+                config, trainer, test_data, dataset_obj, show_progress=show_progress
+            )
+            stage_seconds["LLM rerank"] = time.perf_counter() - start
+    train_seconds += getattr(trainer, "seconds_before_resume", 0.0)
 
     result = {
         "model": config["model"],
@@ -124,6 +150,7 @@ def run(
         "num_parameters": sum(p.numel() for p in model_obj.parameters() if p.requires_grad),
         "llm_usage": getattr(trainer, "llm_usage", None),  # LLM-backed models: requests, tokens
         "resumed_from_epoch": getattr(trainer, "resumed_from_epoch", None),
+        "stage_seconds": {name: round(s, 3) for name, s in stage_seconds.items()},
     }
     if test_per_user is not None:
         result["test_per_user_ndcg@10"] = [round(float(v), 6) for v in test_per_user]
@@ -136,7 +163,11 @@ def run(
         partial = output.with_name(f".{output.name}.partial")  # a kill never leaves half a file
         partial.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
         partial.replace(output)
-        logger.info(f"results written to {output}")
+    files = trainer.output_files() if hasattr(trainer, "output_files") else {}
+    files.update({"output": str(output)} if output else {})
+    files.update({"log": log_file} if log_file else {})
+    stage_seconds["whole run"] = time.perf_counter() - run_start
+    logger.info(run_summary(result, stage_seconds, files))
     return result
 
 

@@ -3,8 +3,9 @@ runs that resume after a stop (:mod:`recbole_ext.trainer.resume`).
 
 Our models' own trainers subclass :class:`Trainer` here and override narrow hooks: stages before
 RecBole's ``fit`` loop go in ``_before_fit(train_data, valid_data, verbose, show_progress)`` (the
-base ``fit`` calls it, :class:`~recbole_ext.trainer.resume.ResumableTrainerMixin`), a stage's loss
-and rows in ``_train_epoch``; RecBole's trainers are wrapped by :func:`with_safe_checkpoints`.
+base ``fit`` calls it, :class:`~recbole_ext.trainer.stages.StagedTrainerMixin`, which also
+shows each stage's progress), a stage's loss and rows in ``_train_epoch``; RecBole's trainers are
+wrapped by :func:`with_safe_checkpoints`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from recbole.utils import get_local_time, set_color
 from recbole_ext.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from recbole_ext.trainer.resume import ResumableTrainerMixin
 from recbole_ext.trainer.sampled_eval import SampledEvalMixin
+from recbole_ext.trainer.stages import StagedTrainerMixin
 
 
 class RecordingCollector(Collector):
@@ -61,6 +63,11 @@ class SafeCheckpointMixin:
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
+    def output_files(self) -> dict[str, str]:
+        """Files the run leaves, by what they are: here the checkpoint (when written)."""
+        path = self.saved_model_file
+        return {"checkpoint": str(path)} if path and os.path.isfile(path) else {}
+
     def save_pretrained_model(self, epoch, saved_model_file):
         """PretrainTrainer's hook (S3Rec, RaCT): same safe format, loadable by the fine-tune run."""
         save_checkpoint(saved_model_file, self.model, config=self.config, epoch=epoch)
@@ -93,7 +100,8 @@ class SafeCheckpointMixin:
 
 @cache
 def with_safe_checkpoints(trainer_class):
-    """``trainer_class`` with :class:`ResumableTrainerMixin` (epoch-level resume),
+    """``trainer_class`` with :class:`StagedTrainerMixin` (the stages before RecBole's loop and
+    their progress), :class:`ResumableTrainerMixin` (epoch-level resume),
     :class:`SafeCheckpointMixin` in front (same name, cached), and :class:`SampledEvalMixin`
     (sampled evaluation of sequential models encodes each history once).
 
@@ -104,7 +112,7 @@ def with_safe_checkpoints(trainer_class):
         trainer_class, SafeCheckpointMixin
     ):
         return trainer_class
-    mixins = (ResumableTrainerMixin, SafeCheckpointMixin, SampledEvalMixin)
+    mixins = (StagedTrainerMixin, ResumableTrainerMixin, SafeCheckpointMixin, SampledEvalMixin)
     return type(trainer_class.__name__, (*mixins, trainer_class), {})
 
 

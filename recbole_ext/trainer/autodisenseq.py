@@ -29,6 +29,12 @@ configuration continues the unfinished stage and never reruns a finished one. Ev
 draws its windows, cuts, negatives and sampled architectures from generators seeded by
 ``(seed, stage, epoch)``, and the fine-tuning starts from ``seed`` again, so a resumed run trains
 like an uninterrupted one.
+
+What a run shows (:mod:`recbole_ext.trainer.stages`): :meth:`AutoDisenSeqTrainer.stage_plan` for
+the run header; every optimiser step and every evaluated architecture counts on the stage's
+progress (a tqdm bar with its ETA on a terminal, the estimated duration in the log after the
+first steps); each epoch's line names its losses (S2I, S2S; BCE when fine-tuning with ``bce``)
+as means per step, with the time left in the stage.
 """
 
 from __future__ import annotations
@@ -55,10 +61,17 @@ from recbole_ext.model.nas.evolution import evolutionary_search
 from recbole_ext.model.nas.render import render_architecture
 from recbole_ext.model.nas.space import arch_from_dict, arch_to_dict, save_arch
 from recbole_ext.trainer import Trainer
+from recbole_ext.trainer.stages import Stage, count, format_duration, loss_summary
 
 PRETRAIN, SEARCH, FINETUNE = "pretrain", "search", "finetune"  # stages (and resume points)
+STAGE_NAMES = {PRETRAIN: "pre-training", SEARCH: "search", FINETUNE: "fine-tuning"}  # shown
 SEED_OFFSETS = {PRETRAIN: 1_000_000, FINETUNE: 2_000_000}  # seed + offset + epoch per stage
 WINDOWS = {PRETRAIN: ("prefixes", "random_cut"), FINETUNE: ("prefixes", "last")}
+ROWS_SHOWN = {
+    "prefixes": "every prefix",
+    "random_cut": "a random cut per window",
+    "last": "last prefixes",
+}
 FINETUNE_LOSSES = ("seq2seq", "bce")
 
 
@@ -253,7 +266,9 @@ class AutoDisenSeqTrainer(Trainer):
         self.search_seconds = None  # wall time of the search (None: not run here)
         self.search_result = None
         self.arch_file = None
+        self.arch_png = None
         self._rows = None  # TrainingRows, built at first use
+        self._epoch_steps = 0  # optimiser steps of the last _train_epoch
 
     # --- the stages ------------------------------------------------------------------------------
     def _before_fit(self, train_data, valid_data, verbose, show_progress):
@@ -270,7 +285,7 @@ class AutoDisenSeqTrainer(Trainer):
             if self.model.needs_search:
                 if not valid_data:
                     raise ValueError("the architecture search needs a validation split")
-                architecture = self.search_architecture(valid_data, show_progress).best
+                architecture = self.search_architecture(valid_data).best
                 arch = arch_to_dict(architecture, self.model.space.ops)
                 self.save_resume_point(SEARCH, train_data=train_data, finished=True, arch=arch)
         if architecture is not None:  # keep the searched architecture's (pre-trained) weights
@@ -294,6 +309,8 @@ class AutoDisenSeqTrainer(Trainer):
         if self.pretrain_clip_grad_norm is not None:
             self.clip_grad_norm = {"max_norm": self.pretrain_clip_grad_norm}
         self.model.sample_architectures = self.model.needs_search
+        steps = (self.pretrain_epochs - first) * self.steps_per_epoch(PRETRAIN, train_data)
+        self.progress.start(Stage(STAGE_NAMES[PRETRAIN], steps))
         try:
             for epoch_idx in range(first, self.pretrain_epochs):
                 self.model.reseed_architecture_sampler(self._stage_seed(PRETRAIN, epoch_idx))
@@ -307,11 +324,10 @@ class AutoDisenSeqTrainer(Trainer):
                     finished=done == self.pretrain_epochs,
                 )
                 if verbose:
-                    self.logger.info(
-                        "pretrain "
-                        + self._generate_train_loss_output(epoch_idx, start, time.time(), loss)
-                    )
+                    end = time.time()
+                    self.logger.info(self._generate_train_loss_output(epoch_idx, start, end, loss))
         finally:
+            self.progress.close()
             self.model.sample_architectures = False
             self.clip_grad_norm, self.stage = saved_clip, FINETUNE
         self.stage_log.append((PRETRAIN, "ran"))
@@ -321,15 +337,97 @@ class AutoDisenSeqTrainer(Trainer):
 
     # --- the rows and the loss of a stage's epoch ------------------------------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        """RecBole's epoch over the current stage's rows with the stage's loss."""
+        """RecBole's epoch over the current stage's rows with the stage's loss; each step counts
+        on the stage's progress."""
         batches = self.epoch_batches(train_data, epoch_idx)
         if loss_func is None:
             bce = self.stage == FINETUNE and self.finetune_loss == "bce"
             loss_func = self.model.calculate_finetune_loss if bce else self.model.calculate_loss
+        if self.stage == FINETUNE and self.progress.stage is None:  # RecBole's fit begins
+            total = (self.epochs - epoch_idx) * len(batches)
+            self.progress.start(Stage(STAGE_NAMES[FINETUNE], total, at_most=True))
+        self._epoch_steps = len(batches)
         start = time.perf_counter()
-        loss = super()._train_epoch(batches, epoch_idx, loss_func, show_progress)
+        loss = super()._train_epoch(batches, epoch_idx, loss_func)  # steps counted by the base
         self.epoch_seconds[self.stage].append(time.perf_counter() - start)
         return loss
+
+    def loss_names(self) -> tuple[str, ...]:
+        """Names of the current stage's losses, in the order its loss function returns them."""
+        if self.stage == FINETUNE and self.finetune_loss == "bce":
+            return self.model.FINETUNE_LOSS_NAMES
+        return self.model.loss_names
+
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        """``fine-tuning epoch 3 (of 30) [4.10 s; S2I 5.4121, S2S 9.8410 (mean per step); at
+        most 1 min 50 s left in the stage]``: RecBole's epoch line, with the stage, the named
+        losses and the stage's remaining time."""
+        epochs = self.pretrain_epochs if self.stage == PRETRAIN else self.epochs
+        decimals = self.config["loss_decimal_place"] or 4
+        named = loss_summary(losses, self.loss_names(), self._epoch_steps, decimals)
+        left = self.progress.remaining()
+        bound = "at most " if self.stage == FINETUNE else ""
+        eta = f"; {bound}{format_duration(left)} left in the stage" if left else ""
+        return (
+            set_color(f"{STAGE_NAMES[self.stage]} epoch {epoch_idx} (of {epochs})", "green")
+            + f" [{e_time - s_time:.2f} s; "
+            + set_color(named, "blue")
+            + f" (mean per step){eta}]"
+        )
+
+    # --- the plan a run shows ----------------------------------------------------------------------
+    def steps_per_epoch(self, stage: str, train_data) -> int:
+        """Optimiser steps of one epoch of ``stage`` (:meth:`epoch_batches` without drawing it)."""
+        windows = self.pretrain_windows if stage == PRETRAIN else self.finetune_windows
+        if windows == "prefixes":
+            batches = len(train_data)  # RecBole's dataloader: its number of batches
+        else:
+            rows = self.rows(train_data)
+            n_rows = rows.windows.size(0) if windows == "random_cut" else len(rows.last)
+            batches = math.ceil(n_rows / self.config["train_batch_size"])
+        return batches * (self.pretrain_steps_per_batch if stage == PRETRAIN else 1)
+
+    def stage_plan(self, train_data, valid_data) -> list[Stage]:
+        """Pre-training, search and fine-tuning as this run's settings make them."""
+        plan = []
+        if self.pretrain_epochs:
+            steps = self.steps_per_epoch(PRETRAIN, train_data)
+            detail = (
+                f"{count(self.pretrain_epochs, 'epoch')} x {count(steps, 'step')} on "
+                f"{ROWS_SHOWN[self.pretrain_windows]}; {' + '.join(self.model.loss_names)}"
+            )
+            plan.append(Stage(STAGE_NAMES[PRETRAIN], self.pretrain_epochs * steps, detail=detail))
+        if self.model.needs_search:
+            fitness = "NDCG@10" if self.search_fitness == "ndcg" else "-Seq2Seq loss"
+            detail = (
+                f"population {self.search_population}, "
+                f"{count(self.search_generations, 'generation')}; "
+                f"{fitness} on {len(valid_data._dataset)} validation rows"
+            )
+            archs = self.search_population * (self.search_generations + 1)
+            plan.append(Stage(STAGE_NAMES[SEARCH], archs, unit="arch", detail=detail, at_most=True))
+        if self.epochs:
+            steps = self.steps_per_epoch(FINETUNE, train_data)
+            losses = "BCE" if self.finetune_loss == "bce" else " + ".join(self.model.loss_names)
+            detail = (
+                f"{count(self.epochs, 'epoch')} x {count(steps, 'step')} on "
+                f"{ROWS_SHOWN[self.finetune_windows]}; {losses}; stops after "
+                f"{self.stopping_step} epochs without a better {self.config['valid_metric']}"
+            )
+            total = self.epochs * steps
+            plan.append(Stage(STAGE_NAMES[FINETUNE], total, detail=detail, at_most=True))
+        return plan
+
+    def output_files(self) -> dict[str, str]:
+        """The checkpoint and the searched architecture's JSON and PNG (those written)."""
+        files = super().output_files()
+        for name, path in (
+            ("architecture", self.arch_file),
+            ("architecture drawing", self.arch_png),
+        ):
+            if path is not None and Path(path).is_file():
+                files[name] = str(path)
+        return files
 
     def epoch_batches(self, train_data, epoch_idx) -> EpochBatches:
         """The mini-batches of epoch ``epoch_idx`` of the current stage (see the module docs)."""
@@ -412,19 +510,23 @@ class AutoDisenSeqTrainer(Trainer):
             return None
         return torch.cat(seqs), torch.cat(lens), torch.cat(items)
 
-    def search_architecture(self, valid_data, show_progress=False):
+    def search_architecture(self, valid_data):
         """Stage 2: the evolutionary search on the current (pre-trained) weights."""
         fitness = self.architecture_fitness(valid_data)
+        archs = self.search_population * (self.search_generations + 1)
+        self.progress.start(Stage(STAGE_NAMES[SEARCH], archs, unit="arch", at_most=True))
         start = time.time()
-        result = evolutionary_search(
-            self.model.space,
-            fitness,
-            self.search_population,
-            self.search_generations,
-            self.search_mutation_prob,
-            random.Random(self.search_seed),
-            show_progress=show_progress,
-        )
+        try:
+            result = evolutionary_search(
+                self.model.space,
+                self._counting_fitness(fitness),
+                self.search_population,
+                self.search_generations,
+                self.search_mutation_prob,
+                random.Random(self.search_seed),
+            )
+        finally:
+            self.progress.close()
         seconds = self.search_seconds = time.time() - start
         self.search_result = result
         self.stage_log.append((SEARCH, "ran"))
@@ -440,9 +542,25 @@ class AutoDisenSeqTrainer(Trainer):
             raise FloatingPointError(f"the best architecture has fitness {result.best_fitness}")
         return result
 
+    def _counting_fitness(self, fitness):
+        """``fitness`` that advances the search's progress per evaluated architecture (the
+        search evaluates each once), with the best fitness so far on the bar."""
+        best = -math.inf
+
+        def counted(arch):
+            nonlocal best
+            value = fitness(arch)
+            best = max(best, value)
+            self.progress.advance(1, {f"best {self.search_fitness}": f"{best:.4f}"})
+            return value
+
+        return counted
+
     def _write_arch(self, architecture) -> None:
         """``<checkpoint>.arch.json`` (and ``.arch.png`` with ``render_arch``)."""
         path = Path(self.saved_model_file).with_suffix(".arch.json")
         self.arch_file = save_arch(architecture, self.model.space.ops, path)
         if self.render_arch:
-            render_architecture(architecture, path.with_suffix(".png"), title="AutoDisenSeq")
+            self.arch_png = render_architecture(
+                architecture, path.with_suffix(".png"), title="AutoDisenSeq"
+            )

@@ -16,11 +16,12 @@ How (two hooks, RecBole's loop untouched):
   (``k``) and the random states (python, numpy, torch, CUDA and the train dataloader's
   ``torch.Generator``), taken at this point because it is the top of the loop: an interrupted run
   resumed here consumes exactly the random numbers the uninterrupted one did;
-- ``fit`` wraps RecBole's ``fit``: after the trainer's own stages (the hook
-  :meth:`ResumableTrainerMixin._before_fit`), it loads the state (when there is one) before the
-  loop starts at ``start_epoch = k`` (random states are put back at the top of epoch ``k``) and
-  marks the state ``finished`` when the loop ends, so a finished run is not retrained (``fit``
-  returns the recorded best score and result; the caller evaluates the recorded best checkpoint).
+- ``fit`` wraps RecBole's ``fit`` (after the trainer's own stages, the hook
+  :meth:`~recbole_ext.trainer.stages.StagedTrainerMixin._before_fit`): it loads the state (when
+  there is one) before the loop starts at ``start_epoch = k`` (random states are put back at the
+  top of epoch ``k``) and marks the state ``finished`` when the loop ends, so a finished run is not
+  retrained (``fit`` returns the recorded best score and result; the caller evaluates the
+  recorded best checkpoint).
 
 Files are written atomically (temporary file, ``fsync``, rename: a kill never leaves half a
 state) and hold only tensors and plain values, so they load with ``torch.load(weights_only=True)``
@@ -31,9 +32,9 @@ afresh.
 
 Which trainers resume epochs: those that train with RecBole's own ``Trainer.fit`` alone (SASRec,
 GRU4Rec, BERT4Rec... and RecBole's KG trainers). A trainer with stages of its own -- before
-RecBole's loop in :meth:`~ResumableTrainerMixin._before_fit` (AutoDisenSeq: pre-train → search,
-then fine-tune in RecBole's ``fit``; LR-Recsys: explanations, then the DNN), or around it in a
-``fit`` override (ExpCTR: PPO and CTR stages in turn; RecBole's S3Rec/NCL) -- is opted out
+RecBole's loop in the base ``fit``'s hook ``_before_fit`` (AutoDisenSeq: pre-train → search, then
+fine-tune in RecBole's ``fit``; LR-Recsys: explanations, then the DNN), or around it in a ``fit``
+override (ExpCTR: PPO and CTR stages in turn; RecBole's S3Rec/NCL) -- is opted out
 (:attr:`ResumableTrainerMixin.epoch_resume` ``None`` resolves to ``False`` for it) and restarts
 from epoch 0, until it declares ``epoch_resume = True`` and makes its stages resumable with named
 resume points::
@@ -73,6 +74,7 @@ from recbole_ext.checkpoint import (
     load_checkpoint,
     restore_model,
 )
+from recbole_ext.trainer.stages import StagedTrainerMixin
 
 FORMAT = "recbole_ext-resume/1"
 FIT_STATE = "fit"  # name of the epoch-level state of RecBole's fit loop
@@ -206,7 +208,7 @@ class ResumableTrainerMixin:
     epoch_resume: bool | None = None
     """``True``/``False`` declares whether ``fit`` resumes epochs; ``None`` (default): only when
     the trainer trains with RecBole's ``fit`` alone (a trainer with stages of its own, in
-    :meth:`_before_fit` or a ``fit`` override, opts out)."""
+    ``_before_fit`` or a ``fit`` override, opts out)."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -234,15 +236,15 @@ class ResumableTrainerMixin:
 
     @classmethod
     def allows_epoch_resume(cls) -> bool:
-        """:attr:`epoch_resume`, or for ``None``: the trainer keeps the default
-        :meth:`_before_fit` and the first ``fit`` in its MRO (this mixin aside) is RecBole's
-        ``Trainer.fit``."""
+        """:attr:`epoch_resume`, or for ``None``: the trainer keeps the default ``_before_fit``
+        and the first ``fit`` in its MRO (the base mixins aside) is RecBole's ``Trainer.fit``."""
         if cls.epoch_resume is not None:
             return cls.epoch_resume
-        if cls._before_fit is not ResumableTrainerMixin._before_fit:
+        hook = getattr(cls, "_before_fit", StagedTrainerMixin._before_fit)
+        if hook is not StagedTrainerMixin._before_fit:
             return False
         for klass in cls.__mro__:
-            if klass is not ResumableTrainerMixin and "fit" in vars(klass):
+            if klass not in (ResumableTrainerMixin, StagedTrainerMixin) and "fit" in vars(klass):
                 return klass is RecBoleTrainer
         return False
 
@@ -312,12 +314,7 @@ class ResumableTrainerMixin:
             set_rng_state(state["rng"], dataloader_generators(train_data))
         return state
 
-    # --- the fit wrapper and its hook ------------------------------------------------------------
-    def _before_fit(self, train_data, valid_data, verbose: bool, show_progress: bool) -> None:
-        """Hook: the trainer's own stages before RecBole's ``fit`` loop (pre-training, a search,
-        explanations...), called by :meth:`fit` with its arguments; none here. A trainer that
-        overrides it resumes epochs only with ``epoch_resume = True`` (module docs)."""
-
+    # --- RecBole hooks --------------------------------------------------------------------------
     def fit(
         self,
         train_data,
@@ -327,9 +324,6 @@ class ResumableTrainerMixin:
         show_progress=False,
         callback_fn=None,
     ):
-        """:meth:`_before_fit`, then RecBole's ``fit`` loop (its epochs resumed when
-        :attr:`resumes_epochs`); RecBole's arguments and return value."""
-        self._before_fit(train_data, valid_data, verbose, show_progress)
         if not self.resumes_epochs:
             if self.resume_dir is not None and not self._warned_no_resume:
                 self._warned_no_resume = True

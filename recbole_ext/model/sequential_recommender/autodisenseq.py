@@ -371,6 +371,13 @@ class AutoDisenSeq(SequentialRecommender):
             return loss_s2i, torch.zeros_like(loss_s2i)
         return loss_s2i, s2s_loss(phi_earlier, phi_future, self.lambda_s2s)
 
+    FINETUNE_LOSS_NAMES = ("BCE",)  # what calculate_finetune_loss returns (logs, progress bars)
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """Names of what :meth:`calculate_loss` returns, in order (logs, progress bars)."""
+        return ("S2I", "S2S") if self.lambda_s2s > 0 else ("S2I",)
+
     def calculate_loss(self, interaction):
         """The Seq2Seq loss of Eq. (13) (pre-training, and Algorithm 1's training)."""
         loss_s2i, loss_s2s = self.seq2seq_losses(interaction)
