@@ -79,6 +79,9 @@ CTR_BASELINES = "FM DeepFM AutoInt PNN xDeepFM FiGNN DCN DCNV2 DIN DIEN".split()
 BASE_LLM = "SmolLM2-135M-Instruct (packaged GGUF, Q4_1, dequantised to float32 in transformers)"
 STAGES = stage_names(iterations=1, final_refit=True)  # the tiny preset's
 METRIC_HEADER = ["AUC ↑", "LogLoss ↓", "MAE ↓", "RMSE ↓"]  # of METRICS
+# case_study.json: a record per test pair
+CASE_FIELDS = """key target label prompt icl_explanation icl_lc_score expctr_explanation
+    expctr_lc_score icl_zero_shot_p_yes""".split()
 
 
 def expctr_config(dataset: str, preset: str | None, seed: int | None = None, **values) -> Config:
@@ -259,33 +262,13 @@ def case_study(args) -> None:
     exp_texts, exp_lc = run.explanations_of(chosen, final)
     icl_zero_shot = run.icl_scores(chosen)
 
-    records, table = [], []
-    for s, it, il, et, el, z in zip(
-        chosen, icl_texts, icl_lc, exp_texts, exp_lc, icl_zero_shot, strict=True
-    ):
-        records.append(
-            {
-                "key": s.key,
-                "target": s.target_text,
-                "label": s.label,
-                "prompt": s.prompt[0]["content"],
-                "icl_explanation": it,
-                "icl_lc_score": il,
-                "expctr_explanation": et,
-                "expctr_lc_score": el,
-                "icl_zero_shot_p_yes": z,
-            }
-        )
-        table.append(
-            [
-                s.key.split("|")[0],
-                s.target_text,
-                s.label,
-                f"{cell(it)} ({il:.3f})",
-                f"{cell(et)} ({el:.3f})",
-                f"{z:.3f}",
-            ]
-        )
+    scored = zip(chosen, icl_texts, icl_lc, exp_texts, exp_lc, icl_zero_shot, strict=True)
+    case = [[s.key, s.target_text, s.label, s.prompt[0]["content"], *r] for s, *r in scored]
+    records = [dict(zip(CASE_FIELDS, values, strict=True)) for values in case]
+    table = [
+        [k.split("|")[0], t, y, f"{cell(it)} ({il:.3f})", f"{cell(et)} ({el:.3f})", f"{z:.3f}"]
+        for k, t, y, _, it, il, et, el, z in case
+    ]
     header = ["user", "target", "label", "ICL explanation (s_LC)", "ExpCTR explanation (s_LC)"]
     lines = [
         f"ml-100k test pairs of seed {args.seed} (ExpCTR run `{run.folder.name}`). ICL: the base "
