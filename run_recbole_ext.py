@@ -20,6 +20,7 @@ accepts it); a key that looks like a credential is refused: secrets come from th
 """
 
 import argparse
+import sys
 
 from recbole_ext.quick_start import DEFAULT_DATASET, DEFAULT_MODEL
 
@@ -154,4 +155,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from recbole_ext.config import DatasetNotFoundError
+    from recbole_ext.config_checks import ConfigError
+
+    try:
+        main()
+    except (ConfigError, DatasetNotFoundError) as err:  # the message says what to fix
+        sys.exit(f"run_recbole_ext.py: error: {err}")

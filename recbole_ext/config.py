@@ -34,6 +34,7 @@ from recbole.utils import ModelType
 
 from recbole_ext.compat import apply_compatibility
 from recbole_ext.config_checks import (
+    ConfigError,
     CredentialError,
     UnknownKeyError,
     credential_problem,
@@ -132,7 +133,7 @@ class Config(RecBoleConfig):
             file = PROPERTIES_DIR / "protocol" / f"{protocol}.yaml"
             if not file.is_file():
                 known = sorted(p.stem for p in (PROPERTIES_DIR / "protocol").glob("*.yaml"))
-                raise ValueError(f"eval_protocol={protocol!r} is unknown; choose one of {known}")
+                raise ConfigError(f"eval_protocol={protocol!r} is unknown; choose one of {known}")
             self._update_internal_config_dict(str(file))
         self._load_model_preset(model)
         self._load_preset()
@@ -146,7 +147,7 @@ class Config(RecBoleConfig):
             file = PROPERTIES_DIR / "preset" / f"{family}{name}.yaml"
             if not file.is_file():
                 known = preset_names(model.lower())
-                raise ValueError(f"{key}={name!r} is unknown; choose one of {known}")
+                raise ConfigError(f"{key}={name!r} is unknown; choose one of {known}")
             self._update_internal_config_dict(str(file))
 
     def _load_preset(self):
@@ -156,8 +157,10 @@ class Config(RecBoleConfig):
             file = PROPERTIES_DIR / "preset" / f"{preset}.yaml"
             if not file.is_file():
                 known = sorted(p.stem for p in (PROPERTIES_DIR / "preset").glob("*.yaml"))
-                raise ValueError(f"preset={preset!r} is unknown; choose one of {known}")
+                raise ConfigError(f"preset={preset!r} is unknown; choose one of {known}")
+            check_preset_model(file, self.model)
             self._update_internal_config_dict(str(file))
+            self.internal_config_dict.pop("preset_models", None)  # the file's, not a run option
 
     def _get_final_config_dict(self):
         self._check_user_keys()
@@ -204,7 +207,7 @@ class Config(RecBoleConfig):
             "allow_unknown_keys", self.internal_config_dict.get("allow_unknown_keys", False)
         )
         if not isinstance(allow, bool):
-            raise ValueError("allow_unknown_keys takes True or False")
+            raise ConfigError("allow_unknown_keys takes True or False")
         unknown = {key: where for key, where in self._key_sources.items() if key not in known}
         if unknown and not allow:
             raise UnknownKeyError(unknown_keys_message(unknown, known, self.model, self.dataset))
@@ -277,14 +280,14 @@ class Config(RecBoleConfig):
                 else "eval_args.order is TO (time-ordered split)"
             )
             if not time_field or time_field not in declared:
-                raise ValueError(
+                raise ConfigError(
                     f"{why}, but {where} declares no time column TIME_FIELD={time_field!r} (it "
                     f"declares {list(declared)}). Add a '{time_field or 'timestamp'}:float' "
                     f"column, or set --TIME_FIELD=<your time column>"
                     + ("" if sequential else ", or use --eval_args with order RO (random order)")
                 )
             if time_field not in loaded:
-                raise ValueError(
+                raise ConfigError(
                     f"{why}, but load_col.inter {sorted(loaded)} leaves out {time_field!r}, which "
                     f"{where} declares: add {time_field!r} to load_col.inter (or set load_col "
                     f"to ~ to load every column)"
@@ -293,7 +296,7 @@ class Config(RecBoleConfig):
             list_field = final["ITEM_ID_FIELD"] + final["LIST_SUFFIX"]
             for file, fields in header.items():
                 if list_field not in fields:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{self.model} on pre-split files (benchmark_filename={parts}) reads each "
                         f"user's history from a '{list_field}:token_seq' column, but {file} "
                         f"declares only {list(fields)}. RecBole builds histories only from one "
@@ -303,7 +306,7 @@ class Config(RecBoleConfig):
                         f"and the leave-one-out split are built for you."
                     )
             if list_field not in loaded:
-                raise ValueError(
+                raise ConfigError(
                     f"load_col.inter {sorted(loaded)} leaves out {list_field!r}, which "
                     f"{self.model} needs on pre-split files: add it to load_col.inter"
                 )
@@ -318,7 +321,7 @@ class Config(RecBoleConfig):
             and isinstance(load_col, dict)
             and final["LABEL_FIELD"] not in load_col.get("inter", [])
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"{self.model} is a context-aware (CTR) model and needs a 0/1 label, but dataset "
                 f"{self.dataset!r} loads no {final['LABEL_FIELD']!r} column and sets no threshold. "
                 f"Use --eval_protocol=ctr (label = rating >= 4), or set "
@@ -359,3 +362,24 @@ def resolve_data_path(dataset: str, data_path: str, benchmark_filename=None) -> 
         f"so that DIR/{dataset}/ holds {layout}. recbole-ext never downloads datasets; "
         f"the only built-in one is ml-100k."
     )
+
+
+def check_preset_model(file: Path, model: str) -> None:
+    """Refuse a preset written for other models (its ``preset_models`` list; absent: any model).
+
+    A preset is a set of one model's options; applied to another model its keys would be known
+    (they are declared in a yaml) yet read by nothing, so the run would silently not be the recipe
+    asked for.
+
+    Raises:
+        ValueError: naming the preset, its models, the model given and the fix.
+    """
+    declared = yaml.safe_load(file.read_text()) or {}
+    models = declared.get("preset_models")
+    if models and model not in models:
+        keys = ", ".join(k for k in declared if k not in ("preset", "preset_models"))
+        raise ConfigError(
+            f"preset={file.stem!r} is a recipe for {', '.join(models)} ({file}: preset_models), "
+            f"not for model={model!r}, which would ignore its options ({keys}). Use "
+            f"--model={models[0]}, or drop --preset and set the options {model} reads."
+        )

@@ -58,11 +58,16 @@ _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _URL_PASSWORD = re.compile(r"://[^/@\s:]+:[^/@\s]+@")  # scheme://user:password@host
 
 
-class CredentialError(ValueError):
+class ConfigError(ValueError):
+    """An option or input file the run cannot use; the message names it and how to fix it (the
+    command line prints it without a traceback)."""
+
+
+class CredentialError(ConfigError):
     """A config key holds (or looks like it holds) a secret; the message never shows the value."""
 
 
-class UnknownKeyError(ValueError):
+class UnknownKeyError(ConfigError):
     """A config key that no yaml declares and no code reads (a typo, most often)."""
 
 

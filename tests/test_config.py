@@ -57,6 +57,21 @@ def test_unknown_protocol_is_named():
         tiny_config(cmd_args=["--eval_protocol=pop1000"])
 
 
+def test_a_preset_for_another_model_is_refused_naming_the_model_and_the_fix():
+    # --model=SASRec --preset=autodisenseq_authors: its keys are declared, so the key check would
+    # pass them, and SASRec would silently train without the recipe asked for
+    for preset in ("autodisenseq_authors", "quick"):
+        with pytest.raises(ValueError) as err:
+            tiny_config("SASRec", cmd_args=[f"--preset={preset}"])
+        message = str(err.value)
+        assert f"preset='{preset}' is a recipe for AutoDisenSeq" in message
+        assert "model='SASRec'" in message and "pretrain_epochs" in message
+        assert "--model=AutoDisenSeq" in message
+    config = tiny_config("AutoDisenSeq", cmd_args=["--preset=autodisenseq_authors"])
+    assert config["pretrain_steps_per_batch"] == 16 and config["finetune_loss"] == "bce"
+    assert "preset_models" not in config.final_config_dict  # the preset's, not a run option
+
+
 def test_ce_sequential_models_need_no_training_negatives():
     # RecBole 1.2.1 raises for its own SASRec defaults; we drop the negatives for CE
     assert tiny_config("SASRec")["train_neg_sample_args"]["distribution"] == "none"

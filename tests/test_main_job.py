@@ -226,3 +226,30 @@ def test_protocol_line_of_the_ctr_protocol():
         "ctr: 0.8/0.1/0.1 split in random order, each labelled test row scored; AUC, LogLoss, "
         "MAE, RMSE; checkpoint chosen by AUC"
     )
+
+
+def test_cli_prints_a_configuration_error_without_a_traceback(tmp_path):
+    # a user's mistake (a preset of another model, a typo, a missing dataset) is one message
+    # naming the fix, exit status 1; the Python API raises the exception itself (test_config.py)
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_DIR
+
+    cases = {
+        "--preset=quick": "preset='quick' is a recipe for AutoDisenSeq",
+        "--learning_rat=0.1": "did you mean `learning_rate`",
+        "--dataset=nosuch": "dataset 'nosuch' has no local atomic files",
+    }
+    for arg, message in cases.items():
+        done = subprocess.run(
+            [sys.executable, str(REPO_DIR / "run_recbole_ext.py"), "--model=SASRec", arg],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 1, (arg, done.stderr[-2000:])
+        assert done.stderr.startswith("run_recbole_ext.py: error: "), done.stderr[-2000:]
+        assert message in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "log").exists()  # stopped before RecBole started

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recbole_ext.config_checks import ConfigError
+
 
 def interaction_files(directory: Path, dataset: str, benchmark_filename=None) -> list[Path]:
     """The ``.inter`` file(s) RecBole loads for ``dataset`` from ``directory``.
@@ -51,11 +53,11 @@ def read_header(path: Path, separator: str = "\t", encoding: str = "utf-8") -> d
     does: ``field_separator``, ``encoding``).
 
     Raises:
-        ValueError: naming the file, when its header is malformed.
+        ConfigError: (a ValueError) naming the file, when its header is malformed.
     """
     with open(path, encoding=encoding) as handle:
         line = handle.readline()
     try:
         return parse_header(line, separator)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ConfigError(f"{path}: {err}") from None
