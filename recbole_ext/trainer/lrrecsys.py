@@ -40,6 +40,7 @@ from recbole_ext.model.context_aware_recommender.lrrecsys import (
     encode_words,
 )
 from recbole_ext.trainer import Trainer
+from recbole_ext.trainer.stages import interactive
 
 AE_OPTIMIZERS = {
     "adagrad": torch.optim.Adagrad,
@@ -115,19 +116,23 @@ class LRRecsysTrainer(Trainer):
         self.llm_usage: dict | None = None  # LLM accounting of the explanation step
         self.autoencoder_losses: list[float] = []
         self.explanations: dict[str, dict[str, str]] = {}
+        self.show_bars = False  # progress bars of the stages before fit (prepare_explanations)
 
     # -- Algorithm 1, lines 1-7 -----------------------------------------------------------------
     def _before_fit(self, train_data, valid_data, verbose, show_progress):
         """Lines 1-7 before RecBole's ``fit`` (lines 8-24, the base class's)."""
-        self.prepare_explanations(train_data._dataset, show_progress=True)
+        self.prepare_explanations(train_data._dataset, show_progress=show_progress)
 
     def prepare_explanations(self, dataset, client=None, show_progress: bool = True) -> None:
         """Explanations of every sample -> AE(.) (or sentence embeddings) in the model buffers.
 
         ``client`` is an :class:`~recbole_ext.llm.LLMClient` with a store (tests hand in one);
         by default a session on the configured endpoint is opened (the local server when
-        ``llm_base_url`` is unset).
+        ``llm_base_url`` is unset). ``show_progress``: bars for the LLM calls, the autoencoder and
+        the sentence encoder, shown only when stderr is a terminal.
         """
+        show_progress = show_progress and interactive()
+        self.show_bars = show_progress
         if self.model.source == "free":
             self.logger.info("LRRecsys: free learnable vectors replace explanations (ablation 1)")
             return
@@ -261,7 +266,7 @@ class LRRecsysTrainer(Trainer):
             batch_size=s["batch_size"],
             optimizer=s["optimizer"],
             seed=seed,
-            show_progress=True,
+            show_progress=self.show_bars,
         )
         self.logger.info(
             f"LRRecsys autoencoder: vocabulary {len(vocabulary)}, {len(ids)} training sentences, "
@@ -280,8 +285,8 @@ class LRRecsysTrainer(Trainer):
         llm = read_section(self.config, LLMConfig)
         encoder = SentenceEncoder(llm.encoder, batch_size=llm.encoder_batch_size)
         return (
-            torch.from_numpy(encoder.encode(pos, show_progress=True)),
-            torch.from_numpy(encoder.encode(neg, show_progress=True)),
+            torch.from_numpy(encoder.encode(pos, show_progress=self.show_bars)),
+            torch.from_numpy(encoder.encode(neg, show_progress=self.show_bars)),
         )
 
     # -- normalised regression metrics ----------------------------------------------------------
