@@ -731,7 +731,7 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
         s = summary[model]
         cells = [model]
         for metric in metrics:
-            text = mean_std_cell(*s[metric][:2]) if metric in s else ""
+            text = mean_std_cell(*s[metric][:2], n=s[metric][2]) if metric in s else ""
             cells.append(f"**{text}**" if best[metric] == model else text)
         cells += [f"{s['train_seconds'][0]:.1f}", f"{s['peak_memory_mib'][0]:.0f}"]
         cells.append(str(int(s["num_parameters"][0])))

@@ -397,7 +397,9 @@ class ExpCTRRun(StoredRun):
         size = self.settings.generation_batch_size
         with policy.reference() if generator == INIT else contextlib.nullcontext():
             for start in tqdm(
-                range(0, len(missing), size), desc="explain", disable=len(missing) <= size
+                range(0, len(missing), size),
+                desc="explain",
+                disable=True if len(missing) <= size else None,
             ):
                 chunk = missing[start : start + size]
                 torch.manual_seed(self.stage_seed(kind) + start)

@@ -21,6 +21,7 @@ from recbole.utils import ModelType
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_ext import trainer as our_trainers
+from recbole_ext.config_checks import ConfigError
 
 MODEL_KINDS = (
     "general_recommender",
@@ -66,15 +67,35 @@ def get_model(model_name: str):
     """The model class named ``model_name``: ``recbole_ext.model`` first, then RecBole's.
 
     Raises:
-        ValueError: naming the closest known models when neither package has it.
+        ConfigError: (a ValueError) naming the closest known models, spelled as their classes,
+            when neither package has it.
     """
     for package in ("recbole_ext", "recbole"):
         module = _module_for(package, model_name)
         if module is not None and hasattr(module, model_name):
             return getattr(module, model_name)
-    close = get_close_matches(model_name.lower(), known_model_names(), n=3)
-    hint = f" Did you mean one of {close} (case as in the class name)?" if close else ""
-    raise ValueError(f"--model={model_name} is neither a recbole-ext nor a RecBole model.{hint}")
+    close = [model_class_name(stem) for stem in close_model_names(model_name)]
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(f"--model={model_name} is neither a recbole-ext nor a RecBole model.{hint}")
+
+
+def close_model_names(model_name: str, n: int = 3) -> list[str]:
+    """Module stems of the known models spelled most like ``model_name`` (any case)."""
+    return get_close_matches(model_name.lower(), known_model_names(), n=n)
+
+
+def model_class_name(stem: str) -> str:
+    """The class name of the model in module ``stem`` (``"sasrec"`` -> ``"SASRec"``)."""
+    for package in ("recbole_ext", "recbole"):
+        try:
+            module = _module_for(package, stem)
+        except (ImportError, ValueError):  # an optional dependency of that model is missing
+            continue
+        if module is not None:
+            for name in dir(module):
+                if name.lower() == stem and isinstance(getattr(module, name), type):
+                    return name
+    return stem
 
 
 def get_trainer(model_type: ModelType, model_name: str):

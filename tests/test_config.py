@@ -128,3 +128,32 @@ def test_context_model_without_label_gets_a_clear_error():
     with pytest.raises(ValueError, match="DeepFM is a context-aware.*--eval_protocol=ctr"):
         tiny_config("DeepFM")
     assert tiny_config("DeepFM", cmd_args=["--eval_protocol=ctr"])["threshold"] == {"rating": 4}
+
+
+def test_unknown_model_suggests_class_names_as_spelled():
+    from recbole_ext.config_checks import ConfigError
+    from recbole_ext.utils import get_model
+
+    with pytest.raises(ConfigError, match="Did you mean SASRec or SASRecF or SASRecCPR\\?"):
+        get_model("SASRek")
+    with pytest.raises(ConfigError, match="Did you mean AutoDisenSeq"):
+        get_model("autodisen")
+
+
+def test_lrrecsys_preset_is_the_committed_tables_setting():
+    # --preset=lrrecsys_40users must stay the `config:` of the LR-Recsys suites (the committed
+    # tables and store), and is refused for the baselines
+    import yaml
+
+    from tests.conftest import REPO_DIR
+
+    preset = yaml.safe_load((REPO_DIR / "properties/preset/lrrecsys_40users.yaml").read_text())
+    for table in ("table2", "ablation", "efficiency"):
+        suite = yaml.safe_load((REPO_DIR / f"properties/benchmark/lrrecsys_{table}.yaml").open())
+        run_keys = ("show_progress", "learning_rate")  # the harness's, per suite (grid or C.1)
+        shared = {k: v for k, v in suite["config"].items() if k not in run_keys}
+        assert {k: preset[k] for k in shared} == shared, table
+    config = Config("LRRecsys", "ml-100k", config_dict={"preset": "lrrecsys_40users"})
+    assert config["lrrecsys_max_users"] == 40 and config["time_order"] == "recbole"
+    with pytest.raises(ValueError, match="recipe for LRRecsys"):
+        Config("DeepFM", "ml-100k", config_dict={"preset": "lrrecsys_40users"})

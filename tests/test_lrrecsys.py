@@ -317,6 +317,7 @@ def test_dry_run_reports_calls_and_makes_none(workdir, capsys):
         assert server.requests == []
     out = capsys.readouterr().out
     assert "LLM calls" in out and "min" in out
+    assert out.count("LLM calls") == 1  # once, whether the console shows INFO or not
 
 
 def test_end_to_end_classification_and_regression_on_fake_endpoint(workdir):

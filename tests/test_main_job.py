@@ -72,7 +72,7 @@ def test_tiny_run_log_has_header_estimate_named_losses_and_summary(workdir, capl
         "2. search: at most 6 architectures (population 3, 1 generation; NDCG@10 on 40 "
         "validation rows)",
         "3. fine-tuning: at most 1 step (1 epoch x 1 step on last prefixes; BCE; stops after "
-        "10 epochs without a better NDCG@10)",
+        "11 epochs without a better NDCG@10 (stopping_step=10))",
         "4. test: 20 batches (40 rows)",
     ]
     assert "progress bars: off (stderr is not a terminal" in header
@@ -117,9 +117,7 @@ def test_a_recbole_model_gets_the_training_stage_its_estimate_and_summary(workdi
     logged = messages(caplog)
     header = next(m for m in logged if m.startswith("SASRec on tiny:"))
     # RecBole's own loop: 2 epochs x 4 batches of the 1,010 training prefixes (256 rows each)
-    assert "  1. training: at most 8 steps (2 epochs x 4 steps; stops after 10 evaluations " in (
-        header
-    )
+    assert "  1. training: at most 8 steps (2 epochs x 4 steps; stops after 11 epochs " in header
     estimate = next(m for m in logged if m.startswith("estimated duration"))
     assert "over the first 1 steps): training at most " in estimate  # a fifth of 8 steps, >= 1
     assert estimate.endswith("; test: estimated when it starts")
@@ -253,3 +251,18 @@ def test_cli_prints_a_configuration_error_without_a_traceback(tmp_path):
         assert done.stderr.startswith("run_recbole_ext.py: error: "), done.stderr[-2000:]
         assert message in done.stderr and "Traceback" not in done.stderr
         assert not (tmp_path / "log").exists()  # stopped before RecBole started
+
+
+def test_stopping_rule_states_when_recbole_stops():
+    from recbole.utils import early_stopping
+
+    from recbole_ext.trainer.stages import stopping_rule
+
+    best, steps, without_better = 1.0, 0, 0
+    for value in [1.0] + [0.5] * 20:  # the first evaluation sets the best, then none is better
+        best, steps, stop, _ = early_stopping(value, best, steps, max_step=5)
+        without_better += value < best
+        if stop:
+            break
+    config = {"stopping_step": 5, "valid_metric": "NDCG@10", "eval_step": 1}
+    assert stop and f"stops after {without_better} epochs" in stopping_rule(config)

@@ -499,7 +499,9 @@ class LLMClient:
 
         async def main() -> list[T]:
             semaphore = asyncio.Semaphore(self.config.max_concurrency)
-            progress = tqdm(total=len(jobs), desc=desc, disable=not self.show_progress)
+            progress = tqdm(
+                total=len(jobs), desc=desc, disable=None if self.show_progress else True
+            )
             async with self._async_client() as client:
 
                 async def one(job: Callable[[openai.AsyncOpenAI], Awaitable[T]]) -> T:

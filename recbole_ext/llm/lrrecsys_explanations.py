@@ -268,7 +268,9 @@ class ExplanationGenerator:
         """One profile per item (cached records); missing ones are generated in chunks."""
         result = {i: self.stored_profile(i) for i in item_keys}
         missing = [i for i, p in result.items() if p is None]
-        bar = tqdm(total=len(missing), desc="LR-Recsys item profiles", disable=not progress)
+        bar = tqdm(
+            total=len(missing), desc="LR-Recsys item profiles", disable=None if progress else True
+        )
         prompts = self.config.prompts
         for start in range(0, len(missing), self.config.chunk_size):
             chunk = missing[start : start + self.config.chunk_size]
@@ -310,7 +312,9 @@ class ExplanationGenerator:
             texts = self.item_texts
         prompts = self.config.prompts
         polarities = ("summary",) if self.config.mode == "summary" else POLARITIES
-        bar = tqdm(total=len(missing), desc="LR-Recsys explanations", disable=not progress)
+        bar = tqdm(
+            total=len(missing), desc="LR-Recsys explanations", disable=None if progress else True
+        )
         started, done = time.perf_counter(), 0
         for start in range(0, len(missing), self.config.chunk_size):
             chunk = missing[start : start + self.config.chunk_size]

@@ -13,8 +13,8 @@ The stages, each in front of RecBole's own ``fit`` loop (which runs the last one
 2. **Evolutionary search** (Eq. 22) on the pre-trained weights: architectures inherit them and
    are scored on the validation split (``search_fitness``), inference only (the authors'
    ``search.py`` evaluates each with ``finetune(do_eval=True)`` on the pre-trained checkpoint);
-   the best is written to ``<checkpoint>.arch.json`` (and ``.arch.png``). Skipped with a fixed
-   architecture (``--arch=FILE`` or ``--arch_search=False``).
+   the best is written to ``saved/<run>.arch.json`` (and ``.arch.png``) beside the checkpoint
+   ``saved/<run>.pth``. Skipped with a fixed architecture (``--arch=FILE`` or ``--arch_search=False``).
 3. **Fine-tuning**: RecBole's ``fit`` with a fresh optimiser, early stopping on the validation
    metric (``epochs``, ``stopping_step``), the best checkpoint tested; its loss is the Seq2Seq loss
    (``finetune_loss: seq2seq``, Algorithm 1) or the authors' next-item BCE against popularity
@@ -61,7 +61,7 @@ from recbole_ext.model.nas.evolution import evolutionary_search
 from recbole_ext.model.nas.render import render_architecture
 from recbole_ext.model.nas.space import arch_from_dict, arch_to_dict, save_arch
 from recbole_ext.trainer import Trainer
-from recbole_ext.trainer.stages import Stage, count, format_duration, loss_summary
+from recbole_ext.trainer.stages import Stage, count, format_duration, loss_summary, stopping_rule
 
 PRETRAIN, SEARCH, FINETUNE = "pretrain", "search", "finetune"  # stages (and resume points)
 STAGE_NAMES = {PRETRAIN: "pre-training", SEARCH: "search", FINETUNE: "fine-tuning"}  # shown
@@ -411,8 +411,7 @@ class AutoDisenSeqTrainer(Trainer):
             losses = "BCE" if self.finetune_loss == "bce" else " + ".join(self.model.loss_names)
             detail = (
                 f"{count(self.epochs, 'epoch')} x {count(steps, 'step')} on "
-                f"{ROWS_SHOWN[self.finetune_windows]}; {losses}; stops after "
-                f"{self.stopping_step} epochs without a better {self.config['valid_metric']}"
+                f"{ROWS_SHOWN[self.finetune_windows]}; {losses}; {stopping_rule(self.config)}"
             )
             total = self.epochs * steps
             plan.append(Stage(STAGE_NAMES[FINETUNE], total, detail=detail, at_most=True))
@@ -557,7 +556,8 @@ class AutoDisenSeqTrainer(Trainer):
         return counted
 
     def _write_arch(self, architecture) -> None:
-        """``<checkpoint>.arch.json`` (and ``.arch.png`` with ``render_arch``)."""
+        """``saved/<run>.arch.json`` for the checkpoint ``saved/<run>.pth`` (and ``.arch.png``
+        with ``render_arch``)."""
         path = Path(self.saved_model_file).with_suffix(".arch.json")
         self.arch_file = save_arch(architecture, self.model.space.ops, path)
         if self.render_arch:

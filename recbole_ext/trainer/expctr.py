@@ -180,7 +180,9 @@ class ExpCTRTrainer(Trainer):
         for epoch in range(epochs):
             order = rng.permutation(len(samples))
             batches = [order[i : i + size] for i in range(0, len(order), size)]
-            progress = tqdm(batches, desc=f"{stage} epoch {epoch}", disable=len(batches) < 2)
+            progress = tqdm(
+                batches, desc=f"{stage} epoch {epoch}", disable=True if len(batches) < 2 else None
+            )
             for index in progress:
                 batch = [samples[i] for i in index]
                 # 1. rollout from π_φ

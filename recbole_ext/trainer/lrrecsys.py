@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -179,8 +180,10 @@ class LRRecsysTrainer(Trainer):
         plan = self._generator(None, dataset, store=store, llm_model=llm_model).plan(
             samples.texts(samples.used())
         )
-        self.logger.info(plan.describe())
-        print(plan.describe(), flush=True)
+        if self.logger.isEnabledFor(logging.INFO):  # console and log file
+            self.logger.info(plan.describe())
+        else:  # state: WARNING or quieter
+            print(plan.describe(), flush=True)
         raise SystemExit(0)
 
     def stored_explanations(self, dataset, samples: SampleTable, store, llm_model: str):

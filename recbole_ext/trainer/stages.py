@@ -56,6 +56,23 @@ def interactive(stream=None) -> bool:
     return bool(isatty is not None and isatty())
 
 
+def stopping_rule(config) -> str:
+    """RecBole's early stopping in words: it stops at the evaluation that makes the count of
+    evaluations without a better (``>=``) validation metric exceed ``stopping_step``.
+
+    >>> stopping_rule({"stopping_step": 5, "valid_metric": "NDCG@10", "eval_step": 1})
+    'stops after 6 epochs without a better NDCG@10 (stopping_step=5)'
+    >>> stopping_rule({"stopping_step": 2, "valid_metric": "AUC", "eval_step": 3})
+    'stops after 3 evaluations (every 3 epochs) without a better AUC (stopping_step=2)'
+    """
+    n, every = config["stopping_step"] + 1, config["eval_step"]
+    unit = plural("epoch", n) if every == 1 else f"{plural('evaluation', n)} (every {every} epochs)"
+    return (
+        f"stops after {n} {unit} without a better {config['valid_metric']} "
+        f"(stopping_step={config['stopping_step']})"
+    )
+
+
 def format_duration(seconds: float) -> str:
     """A duration as a person reads it.
 
@@ -318,10 +335,6 @@ class StagedTrainerMixin:
         """The stages ``fit`` will run, for the run header and the first estimate: here RecBole's
         loop alone (``epochs`` x the train dataloader's batches, early stopping on validation)."""
         epochs, batches = self.epochs, len(train_data)
-        stop = (
-            f"; stops after {self.stopping_step} evaluations without a better {self.config['valid_metric']}"
-            if valid_data and self.eval_step > 0
-            else ""
-        )
+        stop = f"; {stopping_rule(self.config)}" if valid_data and self.eval_step > 0 else ""
         detail = f"{count(epochs, 'epoch')} x {count(batches, 'step')}{stop}"
         return [Stage("training", epochs * batches, detail=detail, at_most=bool(stop))]

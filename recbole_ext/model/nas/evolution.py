@@ -48,7 +48,9 @@ def evolutionary_search(
         raise ValueError(f"population_size={population_size}: the search needs at least 2")
     history: dict[Architecture, float] = {}
     bar = tqdm(
-        total=population_size * (generations + 1), desc="arch search", disable=not show_progress
+        total=population_size * (generations + 1),
+        desc="arch search",
+        disable=None if show_progress else True,
     )
 
     def evaluate(arch):
