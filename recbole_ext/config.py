@@ -372,7 +372,7 @@ def check_preset_model(file: Path, model: str) -> None:
     asked for.
 
     Raises:
-        ValueError: naming the preset, its models, the model given and the fix.
+        ConfigError: (a ValueError) naming the preset, its models, the model given and the fix.
     """
     declared = yaml.safe_load(file.read_text()) or {}
     models = declared.get("preset_models")

@@ -130,16 +130,6 @@ def test_context_model_without_label_gets_a_clear_error():
     assert tiny_config("DeepFM", cmd_args=["--eval_protocol=ctr"])["threshold"] == {"rating": 4}
 
 
-def test_unknown_model_suggests_class_names_as_spelled():
-    from recbole_ext.config_checks import ConfigError
-    from recbole_ext.utils import get_model
-
-    with pytest.raises(ConfigError, match="Did you mean SASRec or SASRecF or SASRecCPR\\?"):
-        get_model("SASRek")
-    with pytest.raises(ConfigError, match="Did you mean AutoDisenSeq"):
-        get_model("autodisen")
-
-
 def test_lrrecsys_preset_is_the_committed_tables_setting():
     # --preset=lrrecsys_40users must stay the `config:` of the LR-Recsys suites (the committed
     # tables and store), and is refused for the baselines

@@ -13,6 +13,7 @@ from recbole.utils import ModelType
 import recbole_ext.model.general_recommender as our_general
 from recbole_ext import trainer as our_trainers
 from recbole_ext.config import Config
+from recbole_ext.config_checks import ConfigError
 from recbole_ext.trainer import SafeCheckpointMixin
 from recbole_ext.utils import create_dataset, get_model, get_trainer
 from tests.conftest import TINY_DATA, TINY_YAML
@@ -49,8 +50,11 @@ def test_get_model_prefers_plugin_file_by_naming_rule(plugin_model):
 
 
 def test_unknown_model_error_names_the_model_and_suggests():
-    with pytest.raises(ValueError, match=r"--model=SASRek .*sasrec"):
+    # the suggestions are spelled as the classes a user passes to --model, not as module names
+    with pytest.raises(ConfigError, match=r"--model=SASRek .*Did you mean SASRec or SASRecF or "):
         get_model("SASRek")
+    with pytest.raises(ConfigError, match="Did you mean AutoDisenSeq"):
+        get_model("autodisen")
 
 
 def test_get_trainer_wraps_recbole_trainers_with_safe_checkpoints():
