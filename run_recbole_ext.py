@@ -92,16 +92,16 @@ def main(argv=None):
     parser, args, overrides = parse(argv)
     config_files = args.config_files.replace(",", " ").split() if args.config_files else []
     if args.benchmark:
-        from recbole_ext.benchmark import BenchmarkSpec, expand_seeds, run_benchmark
+        from recbole_ext.benchmark import BenchmarkSpec, expand_seeds, run_benchmark, split_names
 
         cli = {
-            "models": args.models.split(",") if args.models else None,
+            "models": args.models or None,  # split by split_names (suite rows may hold commas)
             "dataset": args.dataset,
             "seeds": expand_seeds(args.seeds) if args.seeds else None,
             "output": args.output or "benchmark",
             "config_files": config_files or None,
             "overrides": as_dict(overrides, parser),
-            "ours": args.ours.split(",") if args.ours else None,
+            "ours": args.ours or None,
             "workers": args.workers,
             "ray_address": args.ray_address,
             "cpus_per_run": args.cpus_per_run,
@@ -110,6 +110,7 @@ def main(argv=None):
         if args.suite:
             spec = BenchmarkSpec.from_suite(args.suite, **cli)
         else:
+            cli["models"], cli["ours"] = split_names(cli["models"]), split_names(cli["ours"])
             spec = BenchmarkSpec(**{k: v for k, v in cli.items() if v is not None})
         check_benchmark_keys(spec)
         print(f"results in {run_benchmark(spec)}")

@@ -233,11 +233,43 @@ class BenchmarkSpec:
             "headline": suite.get("headline", "ndcg@10"),
             "learning_rates": suite.get("learning_rates"),
         }
+        for key in ("models", "ours"):  # names with commas: the suite's rows are known
+            cli[key] = split_names(cli.get(key), names)
         for key, value in cli.items():
             if value is None:
                 continue
             values[key] = {**values["overrides"], **value} if key == "overrides" else value
         return cls(**values)
+
+
+def split_names(text, known=()) -> list[str] | None:
+    """``--models``/``--ours`` text as row names: split at commas, except inside a ``known``
+    name (a suite row such as ``"fine-tuning on every prefix, lr 0.001"``; the longest known name
+    wins); a list is kept, ``None`` stays ``None``.
+
+    >>> split_names("SASRec,GRU4Rec")
+    ['SASRec', 'GRU4Rec']
+    >>> split_names("SASRec,A, lr 0.1,B", known=["A, lr 0.1", "A"])
+    ['SASRec', 'A, lr 0.1', 'B']
+    """
+    if text is None or not isinstance(text, str):
+        return text
+    pieces, names, start = text.split(","), [], 0
+    known = set(known)
+    while start < len(pieces):
+        end = next(
+            (
+                end
+                for end in range(len(pieces), start, -1)
+                if ",".join(pieces[start:end]).strip() in known
+            ),
+            start + 1,
+        )
+        name = ",".join(pieces[start:end]).strip()
+        if name:
+            names.append(name)
+        start = end
+    return names
 
 
 MAX_SEED_COUNT = 100  # a single number above this is a seed, not a count

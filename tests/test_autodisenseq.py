@@ -22,6 +22,7 @@ import recbole_ext.model.nas.space as space_module
 import recbole_ext.model.sequential_recommender.autodisenseq as model_module
 import recbole_ext.trainer.autodisenseq as trainer_module
 from recbole_ext.config import Config
+from recbole_ext.config_checks import ConfigError
 from recbole_ext.data.seq2seq import (
     FUTURE_FIELD,
     FUTURE_LENGTH_FIELD,
@@ -1069,3 +1070,58 @@ def test_bad_stage_options_name_the_option(tiny_data, key, value):
             AutoDisenSeqTrainer(config, model)
     finally:
         config[key] = saved
+
+
+def test_pre_model_path_fine_tunes_a_saved_model_without_pre_training_or_search(tmp_path, workdir):
+    """``pre_model_path`` (RecBole's S3Rec option) loads stages 1-2 from a file: a run's checkpoint
+    (``epochs: 0`` saves the pre-trained, searched model) or a search resume point."""
+    snapshots = {}
+    first, model, train_data, valid_data, test_data = staged_trainer(
+        stage_config(tmp_path, epochs=0), snapshots
+    )
+    first.enable_resume(tmp_path / "first")
+    first.fit(train_data, valid_data, saved=True)
+    saved_test = first.evaluate(test_data)
+    searched = first.search_result.best
+    search_state = tmp_path / "first" / "search.pth"
+    assert search_state.is_file() and Path(first.saved_model_file).is_file()
+
+    for source in (first.saved_model_file, str(search_state)):
+        loaded = {}
+        config = stage_config(tmp_path, pre_model_path=source, pretrain_epochs=5, epochs=1)
+        trainer, model, train_data, valid_data, test_data = staged_trainer(config, loaded)
+        trainer.fit(train_data, valid_data, saved=True)
+        assert trainer.stage_log == [(PRETRAIN, "loaded"), (SEARCH, "loaded"), (FINETUNE, "ran")]
+        assert "pretrained" not in loaded and "searched" not in loaded  # neither stage ran
+        assert model.architecture == searched
+        # fine-tuning starts from the saved weights (a fresh optimiser) and moves them
+        start = loaded["finetune_start"]
+        _, reference, *_ = load_data_and_model(first.saved_model_file)
+        for key, value in reference.state_dict().items():
+            assert torch.equal(start[key], value), key
+        assert loaded["finetune_optimizer"] == 0
+        assert changed(start, state(model), "item_embedding")
+        assert [s.name for s in trainer.stage_plan(train_data, valid_data)] == ["fine-tuning"]
+        # with no fine-tuning epoch the loaded model is tested as saved
+        config = stage_config(tmp_path, pre_model_path=source, epochs=0)
+        again, _, train_data, valid_data, test_data = staged_trainer(config, {})
+        again.fit(train_data, valid_data, saved=True)
+        assert again.evaluate(test_data) == saved_test
+
+
+def test_pre_model_path_errors_name_the_file_and_the_fix(tmp_path, workdir):
+    missing = stage_config(tmp_path, pre_model_path=str(tmp_path / "nope.pth"))
+    _, model, *_ = build(missing)
+    with pytest.raises(ConfigError, match=r"nope\.pth.*no such file.*search\.pth"):
+        AutoDisenSeqTrainer(missing, model)
+    retrain = stage_config(tmp_path, pre_model_path=str(tmp_path / "x"), final_training="retrain")
+    with pytest.raises(ConfigError, match="final_training=retrain"):
+        AutoDisenSeqTrainer(retrain, model)
+    # a model saved with other sizes
+    small = stage_config(tmp_path, arch_search=False, pretrain_epochs=1, epochs=0)
+    trainer, _, train_data, valid_data, _ = staged_trainer(small, {})
+    trainer.fit(train_data, valid_data, saved=True)
+    other = stage_config(tmp_path, pre_model_path=trainer.saved_model_file, hidden_size=8)
+    trainer, _, train_data, valid_data, _ = staged_trainer(other, {})
+    with pytest.raises(ConfigError, match="does not fit this model.*hidden_size"):
+        trainer.fit(train_data, valid_data)

@@ -149,6 +149,18 @@ def test_benchmark_suite_rejects_malformed_variants(workdir, entry, message):
         BenchmarkSpec.from_suite(suite)
 
 
+def test_models_option_selects_suite_rows_whose_names_hold_commas(workdir):
+    """--models=A,B splits at commas, but not inside a suite row's name (the CLI passes the text)."""
+    suite = workdir / "suite.yaml"
+    lr = {"name": "SASRec, lr 0.01", "model": "SASRec", "config": {"learning_rate": 0.01}}
+    suite.write_text(yaml.safe_dump({"models": ["SASRec", lr, "GRU4Rec"]}))
+    spec = BenchmarkSpec.from_suite(suite, models="SASRec, lr 0.01,GRU4Rec", ours="SASRec, lr 0.01")
+    assert spec.models == ["SASRec, lr 0.01", "GRU4Rec"]
+    assert spec.ours == ["SASRec, lr 0.01"]
+    assert spec.model_of("SASRec, lr 0.01") == "SASRec"
+    assert BenchmarkSpec.from_suite(suite, models="SASRec").models == ["SASRec"]
+
+
 def rows_without(rows, model, seed):
     return [r for r in rows if (r["model"], r["seed"]) != (model, seed)]
 

@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.utils import init_seed, set_color
 
+from recbole_ext.checkpoint import load_checkpoint, restore_model
+from recbole_ext.config_checks import ConfigError
 from recbole_ext.data.seq2seq import (
     FUTURE_FIELD,
     FUTURE_LENGTH_FIELD,
@@ -233,6 +235,7 @@ class AutoDisenSeqTrainer(Trainer):
         self.finetune_negatives = config["finetune_negatives"]  # (int) bce negatives per row
         self.render_arch = config["render_arch"]  # (bool) draw the searched architecture
         self.search_seed = config["seed"]  # (int) seeds the search and every stage's generators
+        self.pre_model_path = config["pre_model_path"] or None  # (str|None) skips stages 1-2
         if self.search_fitness not in ("ndcg", "loss"):
             raise ValueError(f"search_fitness={self.search_fitness!r}: choose 'ndcg' or 'loss'")
         if self.final_training not in ("finetune", "retrain"):
@@ -254,6 +257,19 @@ class AutoDisenSeqTrainer(Trainer):
                 f"pretrain_window_step={self.pretrain_window_step}: a share of the maximum "
                 "length in (0, 1] (the authors: 0.5)"
             )
+        if self.pre_model_path is not None:
+            if self.final_training == "retrain":
+                raise ConfigError(
+                    f"pre_model_path={self.pre_model_path!r} with final_training=retrain: retrain "
+                    "starts from new weights, so the loaded ones would be thrown away; use "
+                    "final_training=finetune, or drop pre_model_path"
+                )
+            if not Path(self.pre_model_path).is_file():
+                raise ConfigError(
+                    f"pre_model_path={self.pre_model_path!r}: no such file. Give a saved "
+                    "AutoDisenSeq model (saved/<run>.pth, e.g. of a run with --epochs=0) or a "
+                    "resume point of the search (<output>/resume/<run>/search.pth)"
+                )
         if self.finetune_loss == "bce" and self.finetune_negatives < 1:
             raise ValueError(f"finetune_negatives={self.finetune_negatives}: at least 1 for bce")
         if self.pretrain_clip_grad_norm is not None and self.pretrain_clip_grad_norm <= 0:
@@ -276,7 +292,11 @@ class AutoDisenSeqTrainer(Trainer):
         architecture with its pre-trained weights, a fresh optimiser, the seed; RecBole's ``fit``
         (the base class's) runs stage 3."""
         architecture = None
-        if self.model.needs_search and self.load_resume_point(SEARCH, train_data=train_data):
+        if self.pre_model_path is not None:
+            architecture = self.load_pre_model(self.pre_model_path)
+            self.stage_log += [(PRETRAIN, "loaded"), (SEARCH, "loaded")]
+            self._write_arch(architecture)
+        elif self.model.needs_search and self.load_resume_point(SEARCH, train_data=train_data):
             architecture = arch_from_dict(self.resume_point_extra["arch"])  # stages 1-2 done
             self.stage_log += [(PRETRAIN, "resumed"), (SEARCH, "resumed")]
             self._write_arch(architecture)
@@ -294,6 +314,46 @@ class AutoDisenSeqTrainer(Trainer):
         init_seed(self.search_seed, self.config["reproducibility"])  # as a run without stages 1-2
         self.stage = FINETUNE
         self.stage_log.append((FINETUNE, "ran"))
+
+    def load_pre_model(self, path: str):
+        """Stages 1-2 from a file (``pre_model_path``, as RecBole's S3Rec): the weights and the
+        architecture of a saved AutoDisenSeq model (``saved/<run>.pth``; ``--epochs=0`` saves the
+        pre-trained, searched model) or of a search resume point (``resume/<run>/search.pth``:
+        the supernet's weights and the searched architecture). Fine-tuning settings (learning
+        rate, loss, windows, epochs) can then be compared on one pre-training.
+
+        Returns the architecture to fine-tune.
+
+        Raises:
+            ConfigError: the file holds another model, weights of other sizes (``hidden_size``,
+                ``n_layers``, ``n_intents``, ``ops``, ``MAX_ITEM_LIST_LENGTH`` must match the run
+                that saved it), or supernet weights without an architecture.
+        """
+        state = load_checkpoint(path, map_location=self.device)
+        if "state_dict" not in state:
+            raise ConfigError(f"pre_model_path={path!r} holds no model weights ('state_dict')")
+        saved_model = state.get("model", "?")
+        if saved_model.lower() != self.config["model"].lower():
+            raise ConfigError(
+                f"pre_model_path={path!r} holds a {saved_model} model, not {self.config['model']}"
+            )
+        try:
+            restore_model(self.model, state)
+        except RuntimeError as err:  # size mismatch / missing keys
+            raise ConfigError(
+                f"pre_model_path={path!r} does not fit this model: {str(err).splitlines()[0]} "
+                "... Run with the settings of the run that saved it (hidden_size, n_layers, "
+                "n_intents, ops, MAX_ITEM_LIST_LENGTH)"
+            ) from err
+        arch = (state.get("extra") or {}).get("arch")
+        architecture = arch_from_dict(arch) if arch is not None else self.model.architecture
+        if architecture is None:
+            raise ConfigError(
+                f"pre_model_path={path!r} holds supernet weights without a searched "
+                "architecture: give a resume point of the search (search.pth) or a saved model"
+            )
+        self.logger.info(f"stages 1-2 loaded from {path} (pre_model_path)")
+        return architecture
 
     def pretrain(self, train_data, verbose=True, show_progress=False) -> None:
         """Stage 1: ``pretrain_epochs`` Seq2Seq epochs (the supernet's when searching), resumed
@@ -390,14 +450,14 @@ class AutoDisenSeqTrainer(Trainer):
     def stage_plan(self, train_data, valid_data) -> list[Stage]:
         """Pre-training, search and fine-tuning as this run's settings make them."""
         plan = []
-        if self.pretrain_epochs:
+        if self.pretrain_epochs and self.pre_model_path is None:
             steps = self.steps_per_epoch(PRETRAIN, train_data)
             detail = (
                 f"{count(self.pretrain_epochs, 'epoch')} x {count(steps, 'step')} on "
                 f"{ROWS_SHOWN[self.pretrain_windows]}; {' + '.join(self.model.loss_names)}"
             )
             plan.append(Stage(STAGE_NAMES[PRETRAIN], self.pretrain_epochs * steps, detail=detail))
-        if self.model.needs_search:
+        if self.model.needs_search and self.pre_model_path is None:
             fitness = "NDCG@10" if self.search_fitness == "ndcg" else "-Seq2Seq loss"
             detail = (
                 f"population {self.search_population}, "
@@ -413,6 +473,8 @@ class AutoDisenSeqTrainer(Trainer):
                 f"{count(self.epochs, 'epoch')} x {count(steps, 'step')} on "
                 f"{ROWS_SHOWN[self.finetune_windows]}; {losses}; {stopping_rule(self.config)}"
             )
+            if self.pre_model_path is not None:
+                detail = f"from {self.pre_model_path}; {detail}"
             total = self.epochs * steps
             plan.append(Stage(STAGE_NAMES[FINETUNE], total, detail=detail, at_most=True))
         return plan
