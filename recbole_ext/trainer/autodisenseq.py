@@ -28,7 +28,8 @@ pre-trained weights and the architecture) and RecBole's ``fit`` its epochs; a re
 configuration continues the unfinished stage and never reruns a finished one. Every stage epoch
 draws its windows, cuts, negatives and sampled architectures from generators seeded by
 ``(seed, stage, epoch)``, and the fine-tuning starts from ``seed`` again, so a resumed run trains
-like an uninterrupted one.
+like an uninterrupted one. ``pre_model_path`` loads stages 1-2 from a file instead
+(:meth:`AutoDisenSeqTrainer.load_pre_model`) and only fine-tunes.
 
 What a run shows (:mod:`recbole_ext.trainer.stages`): :meth:`AutoDisenSeqTrainer.stage_plan` for
 the run header; every optimiser step and every evaluated architecture counts on the stage's
@@ -277,7 +278,7 @@ class AutoDisenSeqTrainer(Trainer):
                 f"pretrain_clip_grad_norm={self.pretrain_clip_grad_norm}: a positive norm, or ~"
             )
         self.stage = FINETUNE  # the stage _train_epoch serves (RecBole's fit: fine-tuning)
-        self.stage_log: list[tuple[str, str]] = []  # (stage, "ran" | "resumed")
+        self.stage_log: list[tuple[str, str]] = []  # (stage, "ran" | "resumed" | "loaded")
         self.epoch_seconds: dict[str, list[float]] = {PRETRAIN: [], FINETUNE: []}
         self.search_seconds = None  # wall time of the search (None: not run here)
         self.search_result = None
