@@ -252,7 +252,7 @@ def split_names(text, known=()) -> list[str] | None:
     >>> split_names("SASRec,A, lr 0.1,B", known=["A, lr 0.1", "A"])
     ['SASRec', 'A, lr 0.1', 'B']
     """
-    if text is None or not isinstance(text, str):
+    if not isinstance(text, str):  # None, or already a list
         return text
     pieces, names, start = text.split(","), [], 0
     known = set(known)
