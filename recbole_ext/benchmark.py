@@ -357,6 +357,7 @@ def _run_one(
     config = result.pop("config")
     result["model"] = model  # the row's name (a variant's, for ablations)
     result["seed"] = seed
+    result["eval_protocol"] = config.get("eval_protocol")  # rows of one table share it
     if lr is not None:  # a run of a learning-rate grid (chosen_runs picks among them)
         result["learning_rate"] = lr
         result["valid_metric"] = str(config["valid_metric"]).lower()

@@ -118,6 +118,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         ) from err
 
 
+def other_model(path, saved: str | None, model: str) -> str | None:
+    """Why the file ``path``, which records the model name ``saved`` (None: it records none),
+    cannot be loaded into a ``model``: ``"<path> holds a <saved> model, not <model>"``; None when
+    the names match (case-insensitive, as RecBole's model registry) or ``saved`` is None.
+
+    >>> other_model("a.pth", "SASRec", "AutoDisenSeq"), other_model("a.pth", "sasrec", "SASRec")
+    ('a.pth holds a SASRec model, not AutoDisenSeq', None)
+    """
+    if saved is None or saved.lower() == model.lower():
+        return None
+    return f"{path} holds a {saved} model, not {model}"
+
+
 def restore_model(model, checkpoint: dict) -> None:
     """Load a checkpoint's parameters and non-parameter state into ``model`` in place."""
     model.load_state_dict(checkpoint["state_dict"])

@@ -1,6 +1,7 @@
 """Benchmark (same candidates, tables, resume) and ASHA tuning (per-epoch pruning, one test)."""
 
 import csv
+import importlib.util
 import json
 import shutil
 
@@ -14,11 +15,75 @@ import run_recbole_ext
 from recbole_ext.benchmark import BenchmarkSpec, expand_seeds
 from recbole_ext.config import Config
 from recbole_ext.data.candidates import fix_candidates
+from recbole_ext.metrics import paired_t_test, significance_stars
 from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning
 from recbole_ext.utils import create_dataset
-from tests.conftest import TESTS_DIR, TINY_DATA, TINY_YAML
+from tests.conftest import REPO_DIR, TESTS_DIR, TINY_DATA, TINY_YAML
 
 TINY = [f"--config_files={TINY_YAML}", f"--data_path={TINY_DATA}", "--dataset=tiny"]
+
+
+def _compare_row(name, seed, ndcg, per_user, **extra):
+    return {
+        "model": name,
+        "seed": seed,
+        "eval_protocol": "seq_pop100",
+        "eval_candidates": f"digest{seed}",
+        "best_valid_score": ndcg + 0.01,
+        "test_result": {"hit@10": 2 * ndcg, "ndcg@10": ndcg},
+        "train_seconds": 600.0,
+        "test_per_user_ndcg@10": per_user,
+        **extra,
+    }
+
+
+def test_compare_runs_pools_shared_seeds_and_refuses_other_protocols(workdir):
+    """benchmarks/compare_runs.py: mean ± std over seeds, the difference and the paired t-test on
+    the seeds both rows have, and no test across protocols or candidate lists."""
+    spec = importlib.util.spec_from_file_location(
+        "compare_runs", REPO_DIR / "benchmarks/compare_runs.py"
+    )
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rng = np.random.default_rng(0)
+    users = {s: rng.random(50).round(6).tolist() for s in (1, 2, 3)}
+    better = {s: [min(1.0, v + 0.1) for v in users[s]] for s in (1, 2, 3)}
+    main, sweep = workdir / "main", workdir / "sweep"
+    rows = {
+        main: [
+            _compare_row("SASRec", 1, 0.30, users[1]),
+            _compare_row("SASRec", 2, 0.34, users[2]),
+            _compare_row("SASRec", 3, 0.50, users[3]),
+            _compare_row("cold", 1, 0.20, users[1], eval_protocol="seq_pop100_coldstart"),
+        ],
+        sweep: [
+            _compare_row("ours", 1, 0.33, better[1]),
+            _compare_row("ours", 2, 0.374, better[2]),
+            _compare_row("other lists", 1, 0.1, users[1], eval_candidates="x"),
+        ],
+    }
+    for folder, folder_rows in rows.items():
+        folder.mkdir()
+        lines = [json.dumps(r) for r in folder_rows] + [json.dumps({"model": "failed", "seed": 1})]
+        (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    table = compare.table(compare.load_rows([main, sweep]), "SASRec").splitlines()
+    cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in table[2:]}
+    assert set(cells) == {"SASRec", "cold", "ours", "other lists"}
+    assert cells["SASRec"][2:6] == [
+        "1, 2, 3",
+        "0.3900 ± 0.1058",
+        "0.7600 ± 0.2117",
+        "0.3800 ± 0.1058",
+    ]
+    assert cells["ours"][6] == "+10.0%"  # 0.352 vs 0.32: seed 3 is not shared
+    p = paired_t_test(np.array(better[1] + better[2]), np.array(users[1] + users[2]))
+    assert cells["ours"][7] == f"{p:.2g}{significance_stars(p)}" and p < 0.001
+    assert cells["cold"][6:8] == ["other protocol (seq_pop100_coldstart)", ""]
+    assert cells["other lists"][6:8] == ["other candidates", ""]
+    only = compare.table(compare.load_rows([main, sweep], seeds=[2]), "main/SASRec")
+    assert "| cold |" not in only and "| 2 | 0.3500 |" in only
+    with pytest.raises(SystemExit, match="matches 0 rows"):
+        compare.table(compare.load_rows([main]), "GRU4Rec")
 
 
 def test_fixed_candidates_do_not_depend_on_the_rng_state(workdir):
@@ -78,6 +143,7 @@ def test_benchmark_two_models_two_seeds_same_candidates_and_resume(workdir):
     for r in rows:
         assert 0 <= r["test_result"]["ndcg@10"] <= 1 and r["num_parameters"] > 0
         assert r["peak_memory_mib"] > 0 and len(r["test_per_user_ndcg@10"]) == 40
+        assert r["eval_protocol"] == "seq_pop100"
 
     table = (out / "table.md").read_text()
     assert "| SASRec |" in table and "Improvement over the best baseline (SASRec" in table

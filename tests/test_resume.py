@@ -149,7 +149,7 @@ def test_state_of_another_configuration_is_refused_naming_the_keys(workdir):
         run(**tiny(workdir, epochs=2), output=output, callback_fn=stop_in_epoch(1))
     with pytest.raises(ValueError, match=r"other settings \(learning_rate: 0.001 -> 0.01\)"):
         run(**tiny(workdir, epochs=2, learning_rate=0.01), output=output)
-    with pytest.raises(ValueError, match="holds a SASRec run, not GRU4Rec"):
+    with pytest.raises(ValueError, match="holds a SASRec model, not GRU4Rec"):
         run(**tiny(workdir, "GRU4Rec", epochs=2), output=output)
     # runtime keys (progress bars, log level, checkpoint folder) may change between the two
     resumed = run(**tiny(workdir, epochs=2, show_progress=True, state="ERROR"), output=output)

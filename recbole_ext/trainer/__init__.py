@@ -18,7 +18,7 @@ from recbole.evaluator import Collector
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import get_local_time, set_color
 
-from recbole_ext.checkpoint import load_checkpoint, restore_model, save_checkpoint
+from recbole_ext.checkpoint import load_checkpoint, other_model, restore_model, save_checkpoint
 from recbole_ext.trainer.resume import ResumableTrainerMixin
 from recbole_ext.trainer.sampled_eval import SampledEvalMixin
 from recbole_ext.trainer.stages import StagedTrainerMixin
@@ -76,10 +76,9 @@ class SafeCheckpointMixin:
     def resume_checkpoint(self, resume_file):
         resume_file = str(resume_file)
         checkpoint = load_checkpoint(resume_file, map_location=self.device)
-        if checkpoint.get("model", self.config["model"]).lower() != self.config["model"].lower():
-            raise ValueError(
-                f"{resume_file} holds a {checkpoint['model']} model, not {self.config['model']}"
-            )
+        mismatch = other_model(resume_file, checkpoint.get("model"), self.config["model"])
+        if mismatch:
+            raise ValueError(mismatch)
         self.saved_model_file = resume_file
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]

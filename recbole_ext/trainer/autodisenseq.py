@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.utils import init_seed, set_color
 
-from recbole_ext.checkpoint import load_checkpoint, restore_model
+from recbole_ext.checkpoint import load_checkpoint, other_model, restore_model
 from recbole_ext.config_checks import ConfigError
 from recbole_ext.data.seq2seq import (
     FUTURE_FIELD,
@@ -333,11 +333,11 @@ class AutoDisenSeqTrainer(Trainer):
         state = load_checkpoint(path, map_location=self.device)
         if "state_dict" not in state:
             raise ConfigError(f"pre_model_path={path!r} holds no model weights ('state_dict')")
-        saved_model = state.get("model", "?")
-        if saved_model.lower() != self.config["model"].lower():
-            raise ConfigError(
-                f"pre_model_path={path!r} holds a {saved_model} model, not {self.config['model']}"
-            )
+        mismatch = other_model(
+            f"pre_model_path={path!r}", state.get("model", "?"), self.config["model"]
+        )
+        if mismatch:
+            raise ConfigError(mismatch)
         try:
             restore_model(self.model, state)
         except RuntimeError as err:  # size mismatch / missing keys

@@ -72,6 +72,7 @@ from recbole_ext.checkpoint import (
     config_to_plain,
     encode_other_parameter,
     load_checkpoint,
+    other_model,
     restore_model,
 )
 from recbole_ext.trainer.stages import StagedTrainerMixin
@@ -383,10 +384,10 @@ class ResumableTrainerMixin:
     def _check_state(self, path: Path, state: dict) -> None:
         if state.get("format") != FORMAT:
             raise ValueError(f"{path} is not a recbole-ext resume state (format {FORMAT})")
-        if state["model"].lower() != self.config["model"].lower():
+        mismatch = other_model(path, state["model"], self.config["model"])
+        if mismatch:
             raise ValueError(
-                f"{path} holds a {state['model']} run, not {self.config['model']}: use another "
-                f"--output for this model (or delete {self.resume_dir})"
+                f"{mismatch}: use another --output for this model (or delete {self.resume_dir})"
             )
         current = self._fit_config or config_fingerprint(self.config)
         differences = config_differences(state["config"], current)
