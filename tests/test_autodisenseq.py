@@ -752,6 +752,18 @@ def test_finetune_bce_matches_naive_loop(tiny_data):
             model.item_embedding(batch[NEGATIVES_FIELD]),
         )
         assert math.isclose(float(model.calculate_finetune_loss(batch)), expected, rel_tol=1e-5)
+    # finetune_score_scale: sqrt_d (ours) scores every item e·φ/√D, as pre-training and ranking
+    scaled = _model(tiny_data, finetune_score_scale="sqrt_d").eval()
+    assert scaled.finetune_score_divisor == math.sqrt(scaled.hidden_size) == 4.0  # D = 16
+    with torch.no_grad():
+        phi = scaled.forward(batch["item_id_list"], batch["item_length"])
+        positive = scaled.item_embedding(batch["item_id"])
+        negatives = scaled.item_embedding(batch[NEGATIVES_FIELD])
+        expected = naive(phi / 4.0, positive, negatives)
+        assert math.isclose(float(scaled.calculate_finetune_loss(batch)), expected, rel_tol=1e-5)
+        assert not math.isclose(expected, naive(phi, positive, negatives), rel_tol=1e-2)
+    with pytest.raises(ValueError, match="finetune_score_scale='sqrtd': choose one of"):
+        _model(tiny_data, finetune_score_scale="sqrtd")
 
 
 def test_popularity_negatives_are_unseen_and_popularity_distributed():

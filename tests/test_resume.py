@@ -151,6 +151,13 @@ def test_state_of_another_configuration_is_refused_naming_the_keys(workdir):
         run(**tiny(workdir, epochs=2, learning_rate=0.01), output=output)
     with pytest.raises(ValueError, match="holds a SASRec model, not GRU4Rec"):
         run(**tiny(workdir, "GRU4Rec", epochs=2), output=output)
+    # an option added to the package since the run started, at its default, is no difference
+    path = resume_dir_for(output) / f"{FIT_STATE}.pth"
+    state = load_checkpoint(path)
+    assert state["config"].pop("eval_neg_sampling") == "distinct"  # a packaged default
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"eval_neg_sampling: \(unset\) -> \"recbole\""):
+        run(**tiny(workdir, epochs=2, eval_neg_sampling="recbole"), output=output)  # user-set
     # runtime keys (progress bars, log level, checkpoint folder) may change between the two
     resumed = run(**tiny(workdir, epochs=2, show_progress=True, state="ERROR"), output=output)
     assert resumed["resumed_from_epoch"] == 1

@@ -172,21 +172,46 @@ def config_fingerprint(config) -> dict:
     return {k: v for k, v in plain.items() if k not in RUNTIME_KEYS}
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
+def config_differences(saved: dict, current: dict, new_defaults: dict | None = None) -> list[str]:
     """``key: saved -> current`` for every key whose value differs (or exists on one side only).
+
+    A key the saved run did not have, whose current value is its entry in ``new_defaults`` (the
+    packaged defaults the user did not set), is no difference: an option added to recbole-ext
+    since the run started, whose default keeps the earlier behaviour.
 
     >>> config_differences({"epochs": 4, "lr": 0.1}, {"epochs": 5, "lr": 0.1, "x": 1})
     ['epochs: 4 -> 5', 'x: (unset) -> 1']
+    >>> config_differences({}, {"x": 1, "y": 2}, new_defaults={"x": 1, "y": 3})
+    ['y: (unset) -> 2']
     """
+    new_defaults = new_defaults or {}
 
     def show(source, key):
         return json.dumps(source[key]) if key in source else "(unset)"
 
+    def added_at_default(key):
+        return (
+            key not in saved
+            and key in new_defaults
+            and show(new_defaults, key) == show(current, key)
+        )
+
     return [
         f"{key}: {show(saved, key)} -> {show(current, key)}"
         for key in sorted(set(saved) | set(current))
-        if show(saved, key) != show(current, key)
+        if show(saved, key) != show(current, key) and not added_at_default(key)
     ]
+
+
+def packaged_defaults(config) -> dict:
+    """The values of ``config`` (our :class:`recbole_ext.config.Config`) that come from the
+    packaged yaml files (RecBole's and ours: model, protocol, preset) and that the user did not
+    set (files, dict, command line), as plain values; ``{}`` for another config object."""
+    internal = getattr(config, "internal_config_dict", None)
+    external = getattr(config, "external_config_dict", None)
+    if internal is None or external is None:
+        return {}
+    return config_to_plain({k: v for k, v in internal.items() if k not in external})
 
 
 def write_atomically(path: Path, state: dict) -> None:
@@ -390,7 +415,7 @@ class ResumableTrainerMixin:
                 f"{mismatch}: use another --output for this model (or delete {self.resume_dir})"
             )
         current = self._fit_config or config_fingerprint(self.config)
-        differences = config_differences(state["config"], current)
+        differences = config_differences(state["config"], current, packaged_defaults(self.config))
         if differences:
             raise ValueError(
                 f"{path} was saved by a run with other settings ({'; '.join(differences)}); "

@@ -31,7 +31,8 @@ not the paper). Scoring (§4.1.3, Fig. 2): score(item) = max_k h_item·φ^(k)/�
 Fine-tuning (the authors' pipeline after Algorithm 1; ``pzrain/AutoDisenSeq-LLM``
 ``trainers.Trainer.dss_cross_entropy``), for a row with next item e⁺ and negatives e⁻_1..e⁻_J:
 
-    s(e) = max_k e·φ^(k)      (no 1/√D)
+    s(e) = max_k e·φ^(k)      (no 1/√D; ``finetune_score_scale: sqrt_d``, ours: max_k e·φ^(k)/√D,
+                              the scale of pre-training and of the ranking)
     L_FT = mean over rows of  [ -ln σ(s(e⁺)) - Σ_j ln(1 - σ(s(e⁻_j))) ]
 
 Search (§4.2.3, Eq. 21-22) is driven by ``recbole_ext.trainer.autodisenseq.AutoDisenSeqTrainer``:
@@ -114,22 +115,28 @@ def s2s_loss(phi_earlier: torch.Tensor, phi_future: torch.Tensor, lam: float) ->
     return (terms * s2s_keep_mask(terms, lam)).sum() / terms.size(0)
 
 
-def finetune_bce_loss(phi: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor):
+def finetune_bce_loss(
+    phi: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, scale: float = 1.0
+):
     """The authors' fine-tuning loss (``trainers.Trainer.dss_cross_entropy``), mean over rows.
 
-    Each item is scored ``max_k e·φ^(k)`` (unscaled); the positive is pushed up and every negative
-    down with a binary cross-entropy, summed over the J negatives:
-    ``mean_b [softplus(-s⁺_b) + Σ_j softplus(s⁻_bj)]`` (= -ln σ(s⁺) - Σ_j ln(1 - σ(s⁻_j))).
+    Each item is scored ``max_k e·φ^(k) / scale`` (the authors: ``scale`` 1, unscaled); the
+    positive is pushed up and every negative down with a binary cross-entropy, summed over the J
+    negatives: ``mean_b [softplus(-s⁺_b) + Σ_j softplus(s⁻_bj)]`` (= -ln σ(s⁺) - Σ_j ln(1 - σ(s⁻_j))).
 
     Args:
         phi: (B, K, D) φ of the input sequences.
         positive: (B, D) embedding of each row's next item.
         negatives: (B, J, D) embeddings of its negatives.
+        scale: divides every score (√D: the pre-training's and the ranking's scale).
     """
-    positive_logit = torch.einsum("bkd,bd->bk", phi, positive).amax(-1)  # (B,)
-    negative_logits = torch.einsum("bkd,bjd->bjk", phi, negatives).amax(-1)  # (B, J)
+    positive_logit = torch.einsum("bkd,bd->bk", phi, positive).amax(-1) / scale  # (B,)
+    negative_logits = torch.einsum("bkd,bjd->bjk", phi, negatives).amax(-1) / scale  # (B, J)
     loss = F.softplus(-positive_logit) + F.softplus(negative_logits).sum(-1)  # (B,)
     return loss.mean()
+
+
+FINETUNE_SCORE_SCALES = ("unscaled", "sqrt_d")  # finetune_score_scale: e·φ | e·φ/√D
 
 
 class AutoDisenSeq(SequentialRecommender):
@@ -152,6 +159,7 @@ class AutoDisenSeq(SequentialRecommender):
         self.position_from = config["position_from"]  # (str) position index: oldest | newest
         self.lambda_s2s = config["lambda_s2s"]  # (float) λ ∈ [0, 1] of Eq. (10); 0 = S2I only
         self.s2i_negatives = config["s2i_negatives"]  # (str) batch (Eq. 9) | all items
+        score_scale = config["finetune_score_scale"]  # (str) BCE scores: unscaled | sqrt_d
         self.search = config["arch_search"]  # (bool) supernet + evolutionary search before training
         arch_file = config["arch"]  # (str|None) fixed architecture JSON; skips the search
         ops = config["ops"]  # (list[str]) operation pool, "zero" first
@@ -162,6 +170,15 @@ class AutoDisenSeq(SequentialRecommender):
             raise ValueError(f"lambda_s2s={self.lambda_s2s} must lie in [0, 1] (Eq. 10)")
         if self.s2i_negatives not in ("batch", "all"):
             raise ValueError(f"s2i_negatives={self.s2i_negatives!r}: choose 'batch' or 'all'")
+        if score_scale not in FINETUNE_SCORE_SCALES:
+            raise ValueError(
+                f"finetune_score_scale={score_scale!r}: choose one of {FINETUNE_SCORE_SCALES} "
+                "(the fine-tuning BCE's e·φ as is, the authors', or over √D)"
+            )
+        # divides the fine-tuning BCE's scores: 1 (the authors') or √D (pre-training's scale)
+        self.finetune_score_divisor = (
+            math.sqrt(self.hidden_size) if score_scale == "sqrt_d" else 1.0
+        )
         if self.position_from not in POSITION_FROM:
             raise ValueError(
                 f"position_from={self.position_from!r}: choose one of {POSITION_FROM} (the item "
@@ -389,7 +406,7 @@ class AutoDisenSeq(SequentialRecommender):
         phi = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])  # (B,K,D)
         positive = self.item_embedding(interaction[self.POS_ITEM_ID])  # (B, D)
         negatives = self.item_embedding(interaction[NEGATIVES_FIELD])  # (B, J, D)
-        return finetune_bce_loss(phi, positive, negatives)
+        return finetune_bce_loss(phi, positive, negatives, self.finetune_score_divisor)
 
     def predict(self, interaction):
         """max_k h_item·φ^(k)/√D for each row's item. Consecutive rows with the same sequence
