@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -495,10 +496,12 @@ def run_benchmark(spec: BenchmarkSpec) -> Path:
     finished = iter(range(1, len(todo) + 1))
 
     def record(run: Run, row: dict) -> None:
-        """Append a finished run's row (one writer: this process), then drop its resume state."""
+        """Append a finished run's row, then drop its resume state. The file lock keeps whole
+        lines when harnesses for other rows (``--models``) append to the same folder."""
         model, seed, lr = run
         target = spec.output / ("errors.jsonl" if "error" in row else "results.jsonl")
         with target.open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
             f.write(json.dumps(row) + "\n")
         if "error" not in row:
             shutil.rmtree(resume_dir_of(spec, model, seed, lr), ignore_errors=True)
