@@ -431,10 +431,15 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
+def _stop_workers(pool: ProcessPoolExecutor, futures) -> None:
     """End this process's worker processes (the pool's: the harness starts no other): no new run
-    starts, each worker gets one SIGTERM and ``STOP_GRACE_SECONDS`` to exit, then SIGKILL."""
-    pool.shutdown(wait=False, cancel_futures=True)
+    starts (``futures`` not yet running are cancelled), each worker gets one SIGTERM and
+    ``STOP_GRACE_SECONDS`` to exit, then SIGKILL; the pool is shut down once they are gone.
+    (Shutting it down first makes CPython 3.11's pool manager, which replaces a worker that exits
+    when ``max_tasks_per_child`` is set, fail on the cleared worker table with a TypeError
+    traceback on every stop.)"""
+    for future in futures:
+        future.cancel()
     signalled: set[int] = set()
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     while workers := multiprocessing.active_children():  # also a worker started meanwhile
@@ -445,6 +450,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
             elif time.monotonic() > deadline:
                 worker.kill()
         time.sleep(0.1)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -533,7 +539,7 @@ def _run_locally(spec: BenchmarkSpec, todo: list[Run], record) -> None:
     # max_tasks_per_child=1: every run gets a fresh process; rows are written here, by one writer
     with ProcessPoolExecutor(spec.workers, mp_context=context, max_tasks_per_child=1) as pool:
         futures = {pool.submit(_run_in_worker, spec, *run): run for run in todo}
-        with stop_on_signals(lambda: _stop_workers(pool)):
+        with stop_on_signals(lambda: _stop_workers(pool, futures)):
             for future in as_completed(futures):
                 run = futures[future]
                 try:

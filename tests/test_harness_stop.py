@@ -33,7 +33,8 @@ def start_and_stop(workdir, signum):
     command = [sys.executable, str(REPO_DIR / "run_recbole_ext.py"), "--benchmark"]
     command += ["--models=SASRec", "--seeds=2020", f"--output={workdir / 'bench'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO_DIR), "OMP_NUM_THREADS": "1"}
-    harness = subprocess.Popen([*command, *TINY, *SETTINGS], cwd=workdir, env=env)
+    stderr = (workdir / "harness.stderr").open("w")
+    harness = subprocess.Popen([*command, *TINY, *SETTINGS], cwd=workdir, env=env, stderr=stderr)
     spec = BenchmarkSpec(models=["SASRec"], seeds=[2020], output=workdir / "bench")
     state_file = resume_dir_of(spec, "SASRec", 2020) / "fit.pth"
     deadline = time.monotonic() + 300
@@ -44,6 +45,9 @@ def start_and_stop(workdir, signum):
     assert workers  # the run is in a worker process
     harness.send_signal(signum)
     harness.wait(timeout=120)
+    stderr.close()
+    errors = (workdir / "harness.stderr").read_text()
+    assert "Traceback" not in errors, errors  # a stop is an expected end: no exception printed
     return harness.returncode, workers, load_checkpoint(state_file)["epoch"]
 
 
