@@ -536,7 +536,7 @@ def _lost_run(run: Run, err: BaseException) -> dict:
 
 def _run_locally(spec: BenchmarkSpec, todo: list[Run], record) -> None:
     context = multiprocessing.get_context("spawn")
-    # max_tasks_per_child=1: every run gets a fresh process; rows are written here, by one writer
+    # max_tasks_per_child=1: every run gets a fresh process; rows are written here (record)
     with ProcessPoolExecutor(spec.workers, mp_context=context, max_tasks_per_child=1) as pool:
         futures = {pool.submit(_run_in_worker, spec, *run): run for run in todo}
         with stop_on_signals(lambda: _stop_workers(pool, futures)):
