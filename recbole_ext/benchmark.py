@@ -111,6 +111,13 @@ class BenchmarkSpec:
         default=None, metadata={"help": "CPUs (and torch threads) of a Ray task (1)"}
     )
     gpus_per_run: float | None = field(default=None, metadata={"help": "GPUs of a Ray task (0)"})
+    table_models: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "rows of the tables, in order (a suite's: all its rows, also when --models "
+            "runs some of them); None: models"
+        },
+    )
 
     def __post_init__(self):
         if not self.models:
@@ -236,6 +243,8 @@ class BenchmarkSpec:
         }
         for key in ("models", "ours"):  # names with commas: the suite's rows are known
             cli[key] = split_names(cli.get(key), names)
+        extra = [m for m in cli.get("models") or [] if m not in names]
+        values["table_models"] = names + extra  # the tables show every row of the suite
         for key, value in cli.items():
             if value is None:
                 continue
@@ -677,7 +686,7 @@ def chosen_runs(spec: BenchmarkSpec, rows: list[dict]) -> tuple[list[dict], dict
     >>> [(r["model"], r.get("learning_rate")) for r in kept], rates
     ([('FM', 0.01), ('A', None)], {'FM': 0.01})
     """
-    grids = {m: spec.learning_rates_of(m) for m in spec.models}
+    grids = {m: spec.learning_rates_of(m) for m in spec.table_models or spec.models}
     grid_runs: dict[str, list[dict]] = {}
     for row in rows:
         rates = grids.get(row["model"], [None])
@@ -740,7 +749,9 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
     learning-rate grid: the tables keep the runs of each row's chosen rate, :func:`chosen_runs`)."""
     every_run = rows
     rows, chosen = chosen_runs(spec, rows)
-    models = [m for m in spec.models if any(r["model"] == m for r in rows)]
+    listed = spec.table_models or spec.models  # a suite's rows, not only those run this time
+    models = [m for m in listed if any(r["model"] == m for r in rows)]
+    seeds = sorted({r["seed"] for r in rows if r["model"] in models})  # every seed recorded
     summary = summarise(rows, models)
     if not summary:
         return
@@ -763,7 +774,7 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
     )
 
     lines = [
-        f"Dataset `{spec.dataset}`, seeds {spec.seeds}; mean ± std over seeds of the test metrics;",
+        f"Dataset `{spec.dataset}`, seeds {seeds}; mean ± std over seeds of the test metrics;",
         f"best in **bold**; {candidates_note(rows)}",
     ]
     if chosen:
@@ -785,7 +796,7 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
     partial = {
         model: sorted({r["seed"] for r in rows if r["model"] == model})
         for model in models
-        if summary[model]["train_seconds"][2] < len(spec.seeds)
+        if summary[model]["train_seconds"][2] < len(seeds)
     }
     if partial:
         lines += [

@@ -379,6 +379,44 @@ def test_partial_rows_are_named_and_improvement_uses_only_shared_seeds(workdir):
     assert "| ours | +50.00%" in table
 
 
+def test_tables_show_every_suite_row_and_seed_when_a_run_selects_some(workdir):
+    """``--models``/``--seeds`` choose what runs; the tables still describe the whole suite's
+    results (a subset run once rewrote table.md with its own rows only)."""
+    from recbole_ext.benchmark import write_tables
+
+    suite = workdir / "suite.yaml"
+    suite.write_text(
+        yaml.safe_dump({"models": ["base", {"name": "ours, v2", "model": "SASRec"}], "seeds": 2})
+    )
+    rows = [
+        {
+            "model": model,
+            "seed": seed,
+            "eval_candidates": f"d{seed}",
+            "test_result": {"ndcg@10": value},
+            "train_seconds": 1.0,
+            "peak_memory_mib": 1.0,
+            "num_parameters": 1,
+            "test_per_user_ndcg@10": [value, value / 2],
+        }
+        for model, seed, value in (
+            ("base", 2020, 0.2),
+            ("base", 2021, 0.3),
+            ("ours, v2", 2021, 0.4),
+        )
+    ]
+    spec = BenchmarkSpec.from_suite(
+        suite, models="ours, v2", seeds=[2021], output=workdir, ours=["ours, v2"]
+    )
+    assert spec.models == ["ours, v2"] and spec.table_models == ["base", "ours, v2"]
+    write_tables(spec, rows)
+    table = (workdir / "table.md").read_text()
+    assert "seeds [2020, 2021]" in table
+    assert "| base | 0.2500 ± 0.0707 |" in table and "| ours, v2 | **0.4000** |" in table
+    assert "Rows with fewer seeds (± 0 means one seed): ours, v2: seeds 2021." in table
+    assert "| ours, v2 | +33.33%" in table  # against base on the seed both have (0.4 vs 0.3)
+
+
 def test_learning_rate_grid_keeps_per_row_the_rate_best_on_validation(workdir):
     """A row's grid runs every (seed, rate) of BPR for one epoch on tiny; the tables use only the
     runs of the rate whose mean validation metric over the seeds is best, and name it; every run
