@@ -84,6 +84,15 @@ def incomparable(rows: list[dict], key: str, ref_key: str) -> str | None:
     return None
 
 
+def seed_cell(values: list[float]) -> str:
+    """Mean ± std of one value per seed; the mean alone for one seed.
+
+    >>> seed_cell([0.5]), seed_cell([0.5, 0.7])
+    ('0.5000', '0.6000 ± 0.1414')
+    """
+    return mean_std_cell(*mean_std(values), n=len(values))
+
+
 def table(rows: list[dict], reference: str) -> str:
     """The markdown table of ``rows`` (from :func:`load_rows`) against the row named
     ``reference`` (a suite row's name, or ``folder/row`` when two folders hold that name)."""
@@ -98,15 +107,10 @@ def table(rows: list[dict], reference: str) -> str:
     lines = []
     for key in keys:
         runs = [r for r in rows if r["model"] == key]
-        n = len(runs)
 
-        def cell(values, digits=4, n=n):
-            return mean_std_cell(*mean_std(values), digits=digits, n=n)
-
-        why = None if key == ref_key else incomparable(rows, key, ref_key)
         if key == ref_key:
             diff, p_cell = "reference", ""
-        elif why:
+        elif why := incomparable(rows, key, ref_key):
             diff, p_cell = why, ""
         else:
             ours, theirs = common_seed_means(rows, key, ref_key, "ndcg@10")
@@ -118,9 +122,9 @@ def table(rows: list[dict], reference: str) -> str:
                 runs[0]["row"],
                 runs[0]["folder"],
                 ", ".join(str(r["seed"]) for r in runs),
-                cell(r["best_valid_score"] for r in runs),
-                cell(r["test_result"]["hit@10"] for r in runs),
-                cell(r["test_result"]["ndcg@10"] for r in runs),
+                seed_cell([r["best_valid_score"] for r in runs]),
+                seed_cell([r["test_result"]["hit@10"] for r in runs]),
+                seed_cell([r["test_result"]["ndcg@10"] for r in runs]),
                 diff,
                 p_cell,
                 f"{mean_std(r['train_seconds'] / 60 for r in runs)[0]:.0f}",
