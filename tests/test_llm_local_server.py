@@ -132,13 +132,25 @@ def test_server_killed_mid_request_names_the_signal():
     with LocalLLMServer.from_config(config, logprobs=False) as server:
         config = dataclasses.replace(config, base_url=server.base_url)
         long_reply = [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}]
-        # the reply would take seconds (up to 2000 tokens); kill the server once it is answering
+        # Unconstrained, SmolLM2 stops after "10" (51 tokens, 0.9 s: the kill came too late on an
+        # idle machine). A schema of at least 1000 numbers makes every reply run to max_tokens
+        # (400 tokens, about 10 s here), so the kill at 1 s always lands while it is answering.
+        at_least_1000 = {
+            "type": "object",
+            "properties": {"n": {"type": "array", "items": {"type": "integer"}, "minItems": 1000}},
+            "required": ["n"],
+        }
         killer = threading.Timer(1.0, os.kill, (server.process.pid, signal.SIGSEGV))
         with LLMClient(config, liveness=server.raise_if_exited, show_progress=False) as client:
             killer.start()
             start = time.monotonic()
             with pytest.raises(LLMServerExitedError) as raised:
-                client.chat(long_reply, max_tokens=2000, fallback="a fallback never hides this")
+                client.chat(
+                    long_reply,
+                    max_tokens=400,
+                    schema=at_least_1000,
+                    fallback="a fallback never hides this",
+                )
             elapsed = time.monotonic() - start
             killer.join()
             with pytest.raises(LLMServerExitedError):  # every later request: the same cause
