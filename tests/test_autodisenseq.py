@@ -1024,7 +1024,7 @@ def test_a_stopped_run_resumes_its_stage_and_skips_finished_ones(tmp_path, workd
 
 def test_positions_from_the_newest_item(tiny_data):
     _, (train_data, _, _) = tiny_data
-    oldest = _model(tiny_data).eval()
+    oldest = _model(tiny_data, position_from="oldest").eval()
     newest = _model(tiny_data, position_from="newest").eval()
     for key, value in oldest.state_dict().items():  # same seed: the same weights
         assert torch.equal(value, newest.state_dict()[key]), key
@@ -1044,18 +1044,20 @@ def test_positions_from_the_newest_item(tiny_data):
 
 
 def test_preset_layers_the_authors_recipe_under_the_users_settings():
-    plain = tiny_config()
+    plain = tiny_config()  # the defaults: the authors' pipeline but for two options (ours)
     assert (plain["pretrain_windows"], plain["finetune_loss"], plain["position_from"]) == (
-        "prefixes",
-        "seq2seq",
-        "oldest",
+        "random_cut",
+        "bce",
+        "newest",
     )
     assert (plain["intent_similarity"], plain["beta_init"]) == ("cosine", "random")
+    assert (plain["pretrain_steps_per_batch"], plain["finetune_windows"]) == (1, "prefixes")
     authors = tiny_config(preset="autodisenseq_authors", epochs=3)
     assert authors["pretrain_windows"] == "random_cut" and authors["finetune_loss"] == "bce"
     assert authors["pretrain_steps_per_batch"] == 16 and authors["pretrain_epochs"] == 300
     assert authors["pretrain_clip_grad_norm"] == 50 / 256  # 50 on the loss summed over 256 rows
     assert authors["finetune_negatives"] == 50 and authors["position_from"] == "newest"
+    assert (authors["pretrain_steps_per_batch"], authors["finetune_windows"]) == (16, "last")
     assert authors["epochs"] == 3  # the user's value wins over the preset's 300
     with pytest.raises(ValueError, match="preset='nope' is unknown"):
         tiny_config(preset="nope")

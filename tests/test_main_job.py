@@ -6,6 +6,7 @@ import io
 import logging
 
 import pytest
+import yaml
 
 import recbole_ext.trainer.stages as stages_module
 from recbole_ext.config import Config
@@ -16,8 +17,9 @@ from recbole_ext.run_report import (
     progress_setting,
     route_console,
 )
+from recbole_ext.trainer.resume import config_differences, config_fingerprint
 from recbole_ext.trainer.stages import Stage, StageProgress
-from tests.conftest import TINY_DATA, TINY_YAML
+from tests.conftest import REPO_DIR, TINY_DATA, TINY_YAML
 
 
 class Terminal(io.StringIO):
@@ -48,6 +50,7 @@ def test_tiny_run_log_has_header_estimate_named_losses_and_summary(workdir, capl
     args = tiny_args(
         workdir,
         "--pretrain_epochs=1",
+        "--pretrain_windows=prefixes",  # 4 steps (the default random cuts: 1 on 40 users)
         "--search_population=3",
         "--search_generations=1",
         "--epochs=1",
@@ -72,7 +75,7 @@ def test_tiny_run_log_has_header_estimate_named_losses_and_summary(workdir, capl
         "2. search: at most 6 architectures (population 3, 1 generation; NDCG@10 on 40 "
         "validation rows)",
         "3. fine-tuning: at most 1 step (1 epoch x 1 step on last prefixes; BCE; stops after "
-        "11 epochs without a better NDCG@10 (stopping_step=10))",
+        "6 epochs without a better NDCG@10 (stopping_step=5))",
         "4. test: 20 batches (40 rows)",
     ]
     assert "progress bars: off (stderr is not a terminal" in header
@@ -205,15 +208,48 @@ def test_quick_preset_layers_the_whole_pipeline_small():
     quick = Config("AutoDisenSeq", "ml-100k", config_dict={"preset": "quick"})
     assert (quick["pretrain_epochs"], quick["pretrain_windows"]) == (20, "random_cut")
     assert (quick["search_population"], quick["search_generations"]) == (10, 2)
-    assert (quick["finetune_loss"], quick["finetune_windows"]) == ("seq2seq", "last")
-    assert (quick["epochs"], quick["stopping_step"]) == (20, 5)
+    assert (quick["finetune_loss"], quick["finetune_windows"]) == ("bce", "prefixes")
+    assert quick["epochs"] == 2
     assert quick["arch_search"] is True  # the search stays in: the whole pipeline
     default = Config("AutoDisenSeq", "ml-100k")
     for key in ("hidden_size", "n_layers", "n_intents", "lambda_s2s", "eval_args", "metrics"):
         assert quick[key] == default[key], key  # the model and the protocol are the paper's
-    assert default["pretrain_windows"] == "prefixes" and default["finetune_loss"] == "seq2seq"
+    assert (default["pretrain_epochs"], default["finetune_windows"]) == (300, "prefixes")
     mine = Config("AutoDisenSeq", "ml-100k", config_dict={"preset": "quick", "epochs": 3})
     assert mine["epochs"] == 3  # the user's value wins over the preset's
+
+
+def test_the_default_is_the_benchmarks_best_row_and_algorithm_1_keeps_its_settings():
+    """The main job's defaults are the CPU suite's "fine-tuned on every prefix" row (the best
+    recipe on validation, docs/autodisenseq.md), and the Algorithm 1 row spells out the settings
+    it was trained with when they were the defaults, so a change of the model yaml cannot
+    silently change either (resolved configs compared key by key)."""
+    suite = yaml.safe_load(
+        (REPO_DIR / "properties/benchmark/autodisenseq_ml100k_cpu.yaml").read_text()
+    )
+    rows = {row["name"]: row["config"] for row in suite["models"] if isinstance(row, dict)}
+
+    def resolved(row_config):
+        config = Config("AutoDisenSeq", "ml-100k", config_dict={**suite["config"], **row_config})
+        return config_fingerprint(config)
+
+    best = resolved(rows["AutoDisenSeq fine-tuned on every prefix (ours)"])
+    assert config_differences(best, resolved({})) == ['preset: "autodisenseq_authors" -> (unset)']
+    algorithm_1 = resolved(rows["AutoDisenSeq by Algorithm 1 (ours)"])
+    expected = {  # the model yaml of 2026-11 (resume states of that row were saved with these)
+        "finetune_loss": "seq2seq",
+        "finetune_windows": "prefixes",
+        "pretrain_epochs": 10,
+        "pretrain_windows": "prefixes",
+        "pretrain_steps_per_batch": 1,
+        "pretrain_clip_grad_norm": None,
+        "position_from": "oldest",
+        "hidden_dropout_prob": 0.2,
+        "attn_dropout_prob": 0.2,
+        "epochs": 50,
+        "stopping_step": 5,
+    }
+    assert {key: algorithm_1[key] for key in expected} == expected
 
 
 def test_protocol_line_of_the_ctr_protocol():
