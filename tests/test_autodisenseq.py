@@ -1119,8 +1119,12 @@ def test_pre_model_path_fine_tunes_a_saved_model_without_pre_training_or_search(
         # with no fine-tuning epoch the loaded model is tested as saved
         config = stage_config(tmp_path, pre_model_path=source, epochs=0)
         again, _, train_data, valid_data, test_data = staged_trainer(config, {})
-        again.fit(train_data, valid_data, saved=True)
+        score, valid_result = again.fit(train_data, valid_data, saved=True)
         assert again.evaluate(test_data) == saved_test
+        # ... and validated once: a real result, the same as the saved model's, not (-inf, None)
+        assert valid_result == first.best_valid_result == again.evaluate(valid_data)
+        assert score == valid_result["ndcg@10"] and 0 < score <= 1
+        assert torch.load(again.saved_model_file, weights_only=False)["best_valid_score"] == score
 
 
 def test_pre_model_path_errors_name_the_file_and_the_fix(tmp_path, workdir):

@@ -282,11 +282,28 @@ class StagedTrainerMixin:
     ):
         """:meth:`_before_fit`, then RecBole's ``fit`` loop (resumed by
         :class:`~recbole_ext.trainer.resume.ResumableTrainerMixin`); RecBole's arguments and
-        return value. ``show_progress`` also turns on the stage bars."""
+        return value. ``show_progress`` also turns on the stage bars.
+
+        With ``epochs: 0`` RecBole's loop trains nothing and returns ``(-inf, None)``; the model
+        the stages left (a pre-trained, searched AutoDisenSeq; the one saved and tested) is then
+        validated once, so the run reports its validation result like any other.
+        """
         self.progress.enabled = show_progress
         try:
             self._before_fit(train_data, valid_data, verbose, show_progress)
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            if self.epochs == 0 and valid_data is not None:
+                result = self.best_valid_score, self.best_valid_result = self._valid_epoch(
+                    valid_data
+                )
+                if saved:  # the checkpoint RecBole wrote before, now with its validation score
+                    self._save_checkpoint(-1, verbose=False)
+                if verbose:
+                    self.logger.info(
+                        f"epochs=0: the model as the stages left it, validation "
+                        f"{self.valid_metric}: {result[0]:.4f}"
+                    )
+            return result
         finally:
             self.progress.close()
 
