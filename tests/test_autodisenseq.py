@@ -1127,6 +1127,26 @@ def test_pre_model_path_fine_tunes_a_saved_model_without_pre_training_or_search(
         assert torch.load(again.saved_model_file, weights_only=False)["best_valid_score"] == score
 
 
+def test_fine_tuning_a_loaded_search_point_equals_the_self_contained_run(tmp_path, workdir):
+    """Pre-training and search do not depend on the fine-tuning options, and the fine-tuning
+    starts from ``seed`` again: fine-tuning another run's search point (``pre_model_path``, the
+    fine-tuning suite) gives exactly the result of one run doing all stages with the same seed."""
+    small = {"pretrain_steps_per_batch": 1, "epochs": 2}
+    authors, _, train_data, valid_data, _ = staged_trainer(
+        stage_config(tmp_path, finetune_windows="last", **small), {}
+    )
+    authors.enable_resume(tmp_path / "authors")
+    authors.fit(train_data, valid_data, saved=True)
+    results = []
+    for source in (None, str(tmp_path / "authors" / "search.pth")):
+        config = stage_config(tmp_path, finetune_windows="prefixes", pre_model_path=source, **small)
+        trainer, _, train_data, valid_data, test_data = staged_trainer(config, {})
+        trainer.fit(train_data, valid_data, saved=True)
+        results.append((trainer.best_valid_result, trainer.evaluate(test_data)))
+    assert results[0] == results[1]
+    assert results[0][0] != authors.best_valid_result  # the fine-tuning options did matter
+
+
 def test_pre_model_path_errors_name_the_file_and_the_fix(tmp_path, workdir):
     missing = stage_config(tmp_path, pre_model_path=str(tmp_path / "nope.pth"))
     _, model, *_ = build(missing)
