@@ -846,7 +846,8 @@ def write_tables(spec: BenchmarkSpec, rows: list[dict]) -> None:
 
 def learning_rate_note(spec: BenchmarkSpec, chosen: dict[str, float], rows: list[dict]) -> str:
     """The table's line on the rates chosen on validation (column ``lr``), naming the rows whose
-    grid has not run every (seed, rate) yet (their choice may change).
+    grid has not run every (seed, rate) yet (their choice may change). The seeds are this run's
+    and every seed recorded in ``rows`` (the table's: a ``--seeds`` subset run still sees them).
 
     >>> spec = BenchmarkSpec(models=["FM"], seeds=[1, 2], learning_rates=[0.1, 0.01])
     >>> note = learning_rate_note(spec, {"FM": 0.1}, [{"model": "FM", "seed": 1, "learning_rate": 0.1}])
@@ -862,9 +863,10 @@ def learning_rate_note(spec: BenchmarkSpec, chosen: dict[str, float], rows: list
         + ": the best mean validation metric over seeds; every rate's runs are in results.jsonl."
     )
     incomplete = []
+    seeds = set(spec.seeds) | {r["seed"] for r in rows}
     for model, grid in grids.items():
         ran = {(r["seed"], r.get("learning_rate")) for r in rows if r["model"] == model}
-        planned = {(s, lr) for s in spec.seeds for lr in grid}
+        planned = {(s, lr) for s in seeds for lr in grid}
         if not planned <= ran:
             incomplete.append(f"{model} ({len(planned & ran)} of {len(planned)} runs)")
     if incomplete:

@@ -1,6 +1,7 @@
 """Benchmark (same candidates, tables, resume) and ASHA tuning (per-epoch pruning, one test)."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -512,6 +513,11 @@ def test_table_of_a_grid_uses_the_chosen_runs_beside_rows_without_a_grid(workdir
     with (workdir / "table.csv").open() as f:
         rates = {r["model"]: r["learning_rate"] for r in csv.DictReader(f)}
     assert rates == {"g": "0.01", "p": ""}
+    # a later run of seed 1 only (--seeds=1): the grid still counts every seed recorded (it
+    # counted seed 1 alone and called the grid complete)
+    write_tables(dataclasses.replace(spec, seeds=[1]), rows)
+    lines = (workdir / "table.md").read_text().splitlines()
+    assert lines[2].endswith("Grid not complete yet: g (5 of 6 runs).")
 
 
 @pytest.mark.parametrize(
