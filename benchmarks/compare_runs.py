@@ -13,6 +13,7 @@ relative difference of test NDCG@10 averaged over those shared seeds; p: paired 
 test NDCG@10 pooled over them (``recbole_ext.metrics.paired_t_test``, as the suite tables).
 Columns: best validation NDCG@10 (what a choice may use), test HR@10 and NDCG@10, the comparison,
 and training time (minutes per run, as recorded; runs that resumed add their earlier sessions').
+``--row NAME`` (repeated) lists only those rows, in that order: one table per paper table.
 """
 
 from __future__ import annotations
@@ -93,17 +94,31 @@ def seed_cell(values: list[float]) -> str:
     return mean_std_cell(*mean_std(values), n=len(values))
 
 
-def table(rows: list[dict], reference: str) -> str:
-    """The markdown table of ``rows`` (from :func:`load_rows`) against the row named
-    ``reference`` (a suite row's name, or ``folder/row`` when two folders hold that name)."""
-    keys = list(dict.fromkeys(r["model"] for r in rows))
-    matches = [k for k in keys if reference in (k, k.split("/", 1)[1])]
+def row_key(keys: list[str], name: str, option: str) -> str:
+    """The one key of ``keys`` (``folder/row``) that ``name`` names: a suite row's name, or
+    ``folder/row`` when two folders hold that name. SystemExit naming ``option`` and every row
+    name otherwise.
+
+    >>> row_key(["a/SASRec", "b/ours"], "ours", "--row"), row_key(["a/x", "b/x"], "b/x", "--row")
+    ('b/ours', 'b/x')
+    """
+    matches = [k for k in keys if name in (k, k.split("/", 1)[1])]
     if len(matches) != 1:
         raise SystemExit(
-            f"--reference {reference!r} matches {len(matches)} rows; names: "
-            + ", ".join(sorted(keys))
+            f"{option} {name!r} matches {len(matches)} rows; names: " + ", ".join(sorted(keys))
         )
-    ref_key = matches[0]
+    return matches[0]
+
+
+def table(rows: list[dict], reference: str, shown: list[str] | None = None) -> str:
+    """The markdown table of ``rows`` (from :func:`load_rows`) against the row named
+    ``reference`` (a suite row's name, or ``folder/row`` when two folders hold that name).
+    ``shown``: the rows to list, in that order, named the same way (None: every row, in file
+    order); the reference is tested against whether shown or not."""
+    keys = list(dict.fromkeys(r["model"] for r in rows))
+    ref_key = row_key(keys, reference, "--reference")
+    if shown is not None:
+        keys = [row_key(keys, name, "--row") for name in shown]
     lines = []
     for key in keys:
         runs = [r for r in rows if r["model"] == key]
@@ -142,8 +157,15 @@ def main() -> None:
         type=lambda s: [int(x) for x in s.split(",")],
         help="e.g. 2020,2021 (default: all)",
     )
+    parser.add_argument(
+        "--row",
+        action="append",
+        dest="rows",
+        metavar="NAME",
+        help="a row to list (repeat it; in that order; default: every row). Names may hold commas",
+    )
     args = parser.parse_args()
-    print(table(load_rows(args.folders, args.seeds), args.reference))
+    print(table(load_rows(args.folders, args.seeds), args.reference, args.rows))
 
 
 if __name__ == "__main__":

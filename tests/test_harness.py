@@ -85,6 +85,13 @@ def test_compare_runs_pools_shared_seeds_and_refuses_other_protocols(workdir):
     assert "| cold |" not in only and "| 2 | 0.3500 |" in only
     with pytest.raises(SystemExit, match="matches 0 rows"):
         compare.table(compare.load_rows([main]), "GRU4Rec")
+    picked = compare.table(compare.load_rows([main, sweep]), "SASRec", ["ours", "main/SASRec"])
+    assert [line.split(" | ")[0][2:] for line in picked.splitlines()[2:]] == ["ours", "SASRec"]
+    assert "+10.0%" in picked  # tested against the reference wherever it is listed
+    alone = compare.table(compare.load_rows([main, sweep]), "SASRec", ["ours"])
+    assert "+10.0%" in alone and "| SASRec |" not in alone
+    with pytest.raises(SystemExit, match="--row 'BERT4Rec' matches 0 rows; names: main/SASRec"):
+        compare.table(compare.load_rows([main, sweep]), "SASRec", ["ours", "BERT4Rec"])
 
 
 def test_fixed_candidates_do_not_depend_on_the_rng_state(workdir):
