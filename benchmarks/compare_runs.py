@@ -121,7 +121,7 @@ def table(rows: list[dict], reference: str, shown: list[str] | None = None) -> s
         keys = [row_key(keys, name, "--row") for name in shown]
     lines = []
     for key in keys:
-        runs = [r for r in rows if r["model"] == key]
+        runs = sorted((r for r in rows if r["model"] == key), key=lambda r: r["seed"])
 
         if key == ref_key:
             diff, p_cell = "reference", ""
