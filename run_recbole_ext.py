@@ -1,6 +1,6 @@
 """recbole-ext command line.
 
-    python run_recbole_ext.py --preset=quick    # start here: AutoDisenSeq's whole pipeline, ~5 min
+    python run_recbole_ext.py --preset=quick    # start here: AutoDisenSeq's whole pipeline, ~7-8 min
     python run_recbole_ext.py                   # the default run: AutoDisenSeq on ml-100k, hours
     python run_recbole_ext.py --model=SASRec --dataset=ml-100k [--output=out.json]
     python run_recbole_ext.py --benchmark --models=SASRec,GRU4Rec --seeds=3 --output=DIR [--workers=4]
