@@ -11,7 +11,8 @@ Precedence, lowest first (RecBole's rule, with our layers inserted after RecBole
    ``<model>_preset`` key (ExpCTR's ``expctr_preset: tiny | paper``), then
    ``recbole_ext/properties/preset/<preset>.yaml`` when ``preset`` is set (a training recipe,
    e.g. ``--preset=autodisenseq_authors``);
-7. user ``config_file_list`` < ``config_dict`` < ``cmd_args`` (``--key=value`` strings).
+7. user ``config_file_list`` < ``config_dict`` < ``cmd_args`` (``--key=value`` strings; ``~``
+   means None there, as in the yaml files).
 
 Unlike RecBole, command-line overrides are passed in explicitly (``cmd_args``) instead of being read
 from ``sys.argv``, so library callers (tests, Ray Tune workers, the benchmark) are never affected by
@@ -20,7 +21,9 @@ the arguments of whatever process imported them.
 Before any data loads, the user's keys (layer 6) are checked (:mod:`recbole_ext.config_checks`):
 a key that looks like a credential is refused (secrets come from the environment, named by
 ``llm_api_key_env``), and so is a key that no yaml declares and no code of the run reads, naming
-the closest known keys, unless ``allow_unknown_keys`` is True.
+the closest known keys, unless ``allow_unknown_keys`` is True; so is a value of the wrong kind
+where the packaged default is True/False or a number (``--pretrain_epochs=two``), and a negative
+number of epochs.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from recbole_ext.config_checks import (
     ConfigError,
     CredentialError,
     UnknownKeyError,
+    count_problem,
     credential_problem,
     known_keys,
     parse_overrides,
     unknown_keys_message,
+    value_type_problem,
     yaml_keys,
 )
 from recbole_ext.config_sections import preset_names
@@ -98,6 +103,8 @@ class Config(RecBoleConfig):
     def _load_cmd_line(self):
         cmd_config_dict = parse_overrides(self._cmd_args)
         self._key_sources.update(dict.fromkeys(cmd_config_dict, "command line"))
+        # `~` is how the yaml files (and the docs) write None; RecBole's eval keeps it as text
+        cmd_config_dict = {k: "None" if v == "~" else v for k, v in cmd_config_dict.items()}
         return self._convert_config_dict(cmd_config_dict)
 
     def _get_model_and_dataset(self, model, dataset):
@@ -177,13 +184,17 @@ class Config(RecBoleConfig):
         return final
 
     def _check_user_keys(self):
-        """Refuse credentials and unknown keys among the user's (:mod:`~recbole_ext.config_checks`).
+        """Refuse credentials, unknown keys, and values of the wrong kind among the user's
+        (:mod:`~recbole_ext.config_checks`).
 
         Raises:
             CredentialError: naming the key, where it was given and the environment-variable way;
                 never the value.
             UnknownKeyError: naming each unknown key, where it was given and the closest known
                 keys (unless ``allow_unknown_keys`` is True).
+            ConfigError: a value that is not True/False or not a number where the packaged
+                default is one (:func:`~recbole_ext.config_checks.value_type_problem`), or a
+                negative or fractional number of epochs (``count_problem``).
         """
         try:
             trainer_class = get_trainer(self.internal_config_dict["MODEL_TYPE"], self.model)
@@ -211,6 +222,13 @@ class Config(RecBoleConfig):
         unknown = {key: where for key, where in self._key_sources.items() if key not in known}
         if unknown and not allow:
             raise UnknownKeyError(unknown_keys_message(unknown, known, self.model, self.dataset))
+        for key, where in self._key_sources.items():
+            value = self.external_config_dict[key]
+            problem = value_type_problem(
+                key, value, self.internal_config_dict.get(key)
+            ) or count_problem(key, value)
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
         if unknown:
             getLogger().warning(
                 f"allow_unknown_keys=True: keys no yaml declares and no code reads are kept: "
@@ -380,6 +398,6 @@ def check_preset_model(file: Path, model: str) -> None:
         keys = ", ".join(k for k in declared if k not in ("preset", "preset_models"))
         raise ConfigError(
             f"preset={file.stem!r} is a recipe for {', '.join(models)} ({file}: preset_models), "
-            f"not for model={model!r}, which would ignore its options ({keys}). Use "
-            f"--model={models[0]}, or drop --preset and set the options {model} reads."
+            f"not for model={model!r}: its options ({keys}) would not make {model} that recipe. "
+            f"Use --model={models[0]}, or drop --preset and set the options {model} reads."
         )

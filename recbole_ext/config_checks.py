@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import numbers
 import re
 import sys
 from functools import cache
@@ -69,6 +70,67 @@ class CredentialError(ConfigError):
 
 class UnknownKeyError(ConfigError):
     """A config key that no yaml declares and no code reads (a typo, most often)."""
+
+
+def choice_error(key: str, value, choices, why: str = "") -> ConfigError:
+    """The error for an option ``key`` whose ``value`` is none of ``choices``: names the key,
+    the choices and the closest one (a misspelling), then ``why`` (what the choices mean).
+
+    >>> str(choice_error("intent_similarity", "cosin", ("cosine", "dot")))
+    "intent_similarity='cosin': choose one of ('cosine', 'dot') (did you mean 'cosine'?)"
+    """
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{key}={value!r}: choose one of {tuple(choices)}{hint}{why}")
+
+
+def value_type_problem(key: str, value, default):
+    """Why a user's ``value`` cannot stand where the packaged ``default`` is a bool or a number
+    (``--pretrain_epochs=two``, ``--disentangle=yes``), or ``None``. ``~`` (None) always passes,
+    and so does any value of a key whose default is text, a list, a mapping or ``~``.
+
+    >>> value_type_problem("pretrain_epochs", "two", 300)
+    "pretrain_epochs='two' (a str): it takes a number, like its default 300 (--pretrain_epochs=300)"
+    >>> value_type_problem("disentangle", 1, True)[:52]
+    'disentangle=1 (a int): it takes True or False, like '
+    >>> [value_type_problem("learning_rate", v, 0.001) for v in (1, 0.01, None)]
+    [None, None, None]
+    """
+    if value is None or default is None:
+        return None
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return None
+        wanted = "True or False"
+    elif isinstance(default, numbers.Real):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return None
+        wanted = "a number"
+    else:
+        return None
+    return (
+        f"{key}={value!r} (a {type(value).__name__}): it takes {wanted}, like its default "
+        f"{default!r} (--{key}={default!r})"
+    )
+
+
+def count_problem(key: str, value):
+    """Why ``value`` cannot be the number of epochs ``key`` names (any key ending in ``epochs``:
+    RecBole's ``epochs``, ``pretrain_epochs``, ``expctr_lc_epochs``...), or ``None``.
+
+    >>> count_problem("epochs", -1)
+    'epochs=-1: a number of epochs is a whole number ≥ 0 (0: no training in that stage)'
+    >>> count_problem("epochs", 0) is None, count_problem("learning_rate", -1) is None
+    (True, True)
+    """
+    if not key.endswith("epochs") or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, bool) or value < 0 or value != int(value):
+        return (
+            f"{key}={value!r}: a number of epochs is a whole number ≥ 0 (0: no training in "
+            "that stage)"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------------

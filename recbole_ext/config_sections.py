@@ -33,12 +33,15 @@ from typing import Any, TypeVar
 
 import yaml
 
+from recbole_ext.config_checks import ConfigError
+
 PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
 T = TypeVar("T")
 
 
-class ConfigSectionError(ValueError):
-    """A section's key is missing, has the wrong type, or is unknown (a typo)."""
+class ConfigSectionError(ConfigError):
+    """A section's key is missing, has the wrong type, is unknown (a typo), or fails the
+    section's own validation (the command line prints it as one message, no traceback)."""
 
 
 def section_keys(cls: type) -> dict[str, str]:
@@ -79,7 +82,8 @@ def read_section(config: Any, cls: type[T]) -> T:
         ConfigSectionError: a ``Config`` lacks a key (its model's yaml does not declare it), a
             value has the wrong type, or a ``<prefix>*`` key is no field of the section and no
             packaged yaml declares it (unless ``allow_unknown_keys`` is True: then a warning).
-        ValueError: the dataclass's own validation, naming the yaml key and the fix.
+        ConfigSectionError: also for the dataclass's own validation (a ``ValueError`` in its
+            ``__post_init__`` or ``derived``), naming the yaml key and the fix.
     """
     keys = section_keys(cls)
     is_config = hasattr(config, "final_config_dict")
@@ -102,9 +106,14 @@ def read_section(config: Any, cls: type[T]) -> T:
         for key, value in given.items()
     }
     derive = getattr(cls, "derived", None)
-    if derive is not None:
-        kwargs = derive(kwargs, config)
-    return cls(**kwargs)
+    try:
+        if derive is not None:
+            kwargs = derive(kwargs, config)
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # the section's own validation: its message names key and fix
+        raise ConfigSectionError(str(err)) from err
 
 
 def yaml_section(cls: type[T], **changes: Any) -> T:

@@ -189,12 +189,14 @@ def run_header(
     second element of :func:`progress_setting`; ``log_file``: :func:`route_console`'s path.
     """
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    note = getattr(model, "parameters_note", "")  # e.g. AutoDisenSeq's supernet before its search
     cpu = str(config["device"]) == "cpu"
     rows = " / ".join(f"{name} {n:,}" for name, n in splits.items())
     lines = [
         f"{config['model']} on {config['dataset']}: {dataset.user_num - 1:,} users, "
         f"{dataset.item_num - 1:,} items, {dataset.inter_num:,} interactions (rows: {rows})",
-        f"model: {params:,} trainable parameters on {config['device']}"
+        f"model: {params:,} trainable parameters{f' ({note})' if note else ''} on "
+        f"{config['device']}"
         + (f" ({cpu_line(torch.get_num_threads(), *machine_load())})" if cpu else ""),
         f"protocol {describe_protocol(config)}",
         f"settings given: {given_settings(config.external_config_dict)}",

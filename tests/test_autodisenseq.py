@@ -5,6 +5,7 @@ import doctest
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -493,9 +494,36 @@ def test_chunked_inference_equals_one_pass_and_keeps_row_order(tiny_data, chunk)
             )
 
 
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        (
+            "intent_similarity",
+            "cosin",
+            "intent_similarity='cosin': choose one of ('cosine', 'dot') (did you mean 'cosine'?) (Eq. 4)",
+        ),
+        (
+            "beta_init",
+            "zeros",
+            "beta_init='zeros': choose one of ('random', 'zero') (did you mean 'zero'?)",
+        ),
+        (
+            "s2i_negatives",
+            "al",
+            "s2i_negatives='al': choose one of ('batch', 'all') (did you mean 'all'?)",
+        ),
+        ("lambda_s2s", 1.5, "lambda_s2s=1.5 must lie in [0, 1]"),
+    ],
+)
+def test_bad_model_options_name_the_option_and_the_closest_choice(tiny_data, key, value, message):
+    # a ConfigError: the command line prints it as one line (test_main_job.py), no traceback
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _model(tiny_data, **{key: value})
+
+
 def test_inference_chunk_auto_and_bad_value(tiny_data):
     assert _model(tiny_data).inference_chunk == 64  # auto on the CPU
-    with pytest.raises(ValueError, match="inference_chunk"):
+    with pytest.raises(ConfigError, match="inference_chunk"):
         _model(tiny_data, inference_chunk=-1)
 
 
@@ -762,7 +790,9 @@ def test_finetune_bce_matches_naive_loop(tiny_data):
         expected = naive(phi / 4.0, positive, negatives)
         assert math.isclose(float(scaled.calculate_finetune_loss(batch)), expected, rel_tol=1e-5)
         assert not math.isclose(expected, naive(phi, positive, negatives), rel_tol=1e-2)
-    with pytest.raises(ValueError, match="finetune_score_scale='sqrtd': choose one of"):
+    with pytest.raises(
+        ConfigError, match="finetune_score_scale='sqrtd': choose one of .*did you mean 'sqrt_d'"
+    ):
         _model(tiny_data, finetune_score_scale="sqrtd")
 
 
@@ -1039,7 +1069,7 @@ def test_positions_from_the_newest_item(tiny_data):
         torch.testing.assert_close(  # chunks cut to their longest sequence stay exact
             newest.encode_inference(seqs[:50], lengths[:50]), b[:50]
         )
-    with pytest.raises(ValueError, match="position_from"):
+    with pytest.raises(ConfigError, match="position_from"):
         _model(tiny_data, position_from="last")
 
 
@@ -1072,6 +1102,11 @@ def test_preset_layers_the_authors_recipe_under_the_users_settings():
         ("pretrain_window_step", 0.0),
         ("pretrain_steps_per_batch", 0),
         ("pretrain_clip_grad_norm", -1.0),
+        ("pretrain_epochs", -1),
+        ("search_fitness", "ndgc"),
+        ("final_training", "re-train"),
+        ("search_population", 1),
+        ("finetune_negatives", 0),
     ],
 )
 def test_bad_stage_options_name_the_option(tiny_data, key, value):
@@ -1080,7 +1115,7 @@ def test_bad_stage_options_name_the_option(tiny_data, key, value):
     saved = config[key]
     config[key] = value
     try:
-        with pytest.raises(ValueError, match=key):
+        with pytest.raises(ConfigError, match=key):  # one line on the command line
             AutoDisenSeqTrainer(config, model)
     finally:
         config[key] = saved

@@ -4,6 +4,7 @@ the run before data loads, naming the closest known keys. Through the CLI, ``--b
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,7 @@ from recbole_ext import quick_start
 from recbole_ext.benchmark import BenchmarkSpec, run_benchmark
 from recbole_ext.config import Config
 from recbole_ext.config_checks import (
+    ConfigError,
     CredentialError,
     UnknownKeyError,
     closest_keys,
@@ -26,6 +28,7 @@ from recbole_ext.config_checks import (
     parse_overrides,
     preset_yamls,
     shared_sources,
+    value_type_problem,
 )
 from recbole_ext.config_sections import yaml_section
 from recbole_ext.llm import LLMConfig
@@ -211,6 +214,39 @@ def test_cli_typo_stops_before_data_loads(tiny_cli, workdir, no_data_load):
     with pytest.raises(UnknownKeyError, match="`learning_rat` .*did you mean `learning_rate`"):
         run_recbole_ext.main(["--model=Pop", *tiny_cli, "--learning_rat=0.1", f"--output={out}"])
     assert not out.exists() and not (workdir / "log").exists()
+
+
+@pytest.mark.parametrize(
+    "arg,message",
+    [
+        ("--epochs=-1", "epochs=-1: a number of epochs is a whole number ≥ 0"),
+        ("--epochs=2.5", "epochs=2.5: a number of epochs is a whole number ≥ 0"),
+        ("--learning_rate=fast", "learning_rate='fast' (a str): it takes a number, like its"),
+        ("--reproducibility=yes", "reproducibility='yes' (a str): it takes True or False"),
+        ("--reproducibility=1", "reproducibility=1 (a int): it takes True or False"),
+    ],
+)
+def test_cli_value_of_the_wrong_kind_stops_before_data_loads(
+    arg, message, tiny_cli, workdir, no_data_load
+):
+    # where the packaged default is True/False or a number, text (a misspelling, `two`) is
+    # refused before the data loads, instead of a TypeError deep in a trainer
+    with pytest.raises(ConfigError, match=re.escape(f"command line: {message}")):
+        run_recbole_ext.main(["--model=Pop", *tiny_cli, arg])
+    assert not (workdir / "log").exists()
+
+
+def test_values_of_the_right_kind_and_tilde_pass(workdir):
+    config = tiny_config(
+        "AutoDisenSeq",
+        cmd_args=["--pretrain_clip_grad_norm=~", "--learning_rate=1", "--epochs=0"],
+        config_dict={"inference_chunk": 8, "disentangle": False},
+    )
+    # `~` is None on the command line too (the yaml's and the docs' way of writing it)
+    assert config["pretrain_clip_grad_norm"] is None
+    assert (config["learning_rate"], config["epochs"], config["inference_chunk"]) == (1, 0, 8)
+    assert value_type_problem("gpu_id", 3, "0") is None  # a text default: any value
+    assert value_type_problem("topk", 10, [10]) is None  # a list default: RecBole widens an int
 
 
 def test_api_typo_stops_before_data_loads(workdir, no_data_load):

@@ -15,7 +15,7 @@ import pytest
 
 import recbole_ext
 from recbole_ext.config import Config
-from recbole_ext.config_checks import UnknownKeyError, yaml_keys
+from recbole_ext.config_checks import ConfigError, UnknownKeyError, yaml_keys
 from recbole_ext.config_sections import (
     ConfigSectionError,
     read_section,
@@ -161,13 +161,21 @@ def test_run_keys_of_recorded_runs_are_unchanged():
 # Errors name the yaml key and the fix
 # --------------------------------------------------------------------------------------------
 def test_a_bad_value_names_the_yaml_key_and_the_fix():
-    with pytest.raises(ValueError, match=r"ppo_kl_coef=-1\.0: set beta >= 0 \(paper: 0\.05\)"):
+    # the section's own validation too is a ConfigSectionError: one line on the command line
+    with pytest.raises(
+        ConfigSectionError, match=r"ppo_kl_coef=-1\.0: set beta >= 0 \(paper: 0\.05\)"
+    ):
         read_section(tiny("ExpCTR", cmd_args=["--ppo_kl_coef=-1"]), PPOConfig)
-    with pytest.raises(ValueError, match=r"rerank_max_users=0: set at least 1, or ~ for all"):
+    with pytest.raises(
+        ConfigSectionError, match=r"rerank_max_users=0: set at least 1, or ~ for all"
+    ):
         read_section(tiny("Pop", rerank_max_users=0), RerankConfig)
     # wrong types: the key, the expected type, an example from the yaml
+    # (a user's text where the yaml has a number stops earlier, in Config, before data loads)
+    with pytest.raises(ConfigError, match=r"llm_max_tokens='many' \(a str\): it takes a number"):
+        tiny("Pop", cmd_args=["--llm_max_tokens=many"])
     with pytest.raises(ConfigSectionError) as err:
-        read_section(tiny("Pop", cmd_args=["--llm_max_tokens=many"]), LLMConfig)
+        read_section({"llm_max_tokens": "many"}, LLMConfig)
     assert str(err.value) == (
         "`llm_max_tokens` takes an integer, not a str: set e.g. --llm_max_tokens=256 "
         "(recbole_ext/properties/llm.yaml has 256)."

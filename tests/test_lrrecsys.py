@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import recbole_ext.data.dataset as dataset_module
+from recbole_ext.config_checks import ConfigError
 from recbole_ext.config_sections import yaml_section
 from recbole_ext.data.lrrecsys_dataset import LRRecsysDataset
 from recbole_ext.data.lrrecsys_samples import TEST, TRAIN, VALID
@@ -357,7 +358,8 @@ def test_end_to_end_classification_and_regression_on_fake_endpoint(workdir):
 
 
 def test_regression_needs_rating_label_with_clear_fix(workdir):
-    with pytest.raises(ValueError, match="--LABEL_FIELD=rating"):
+    # a ConfigError: the command line prints it as one line, without a traceback
+    with pytest.raises(ConfigError, match="--LABEL_FIELD=rating"):
         run(
             "LRRecsys",
             "tiny",

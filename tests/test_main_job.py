@@ -69,6 +69,9 @@ def test_tiny_run_log_has_header_estimate_named_losses_and_summary(workdir, capl
     assert "rows: train 1,010 / valid 40 / test 40" in header
     assert "protocol seq_pop100: leave-one-out split in time order" in header
     assert "settings given: " in header and "finetune_loss=bce" in header
+    # the count is the supernet's (the search keeps fewer: num_parameters in the output)
+    assert "trainable parameters (the supernet: every candidate operation" in header
+    assert result["num_parameters"] < int(header.split("model: ")[1].split(" ")[0].replace(",", ""))
     stages = [line.strip() for line in header.splitlines() if line.startswith("  ")]
     assert stages == [
         "1. pre-training: 4 steps (1 epoch x 4 steps on every prefix; S2I + S2S)",

@@ -52,7 +52,7 @@ from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.utils import init_seed, set_color
 
 from recbole_ext.checkpoint import load_checkpoint, other_model, restore_model
-from recbole_ext.config_checks import ConfigError
+from recbole_ext.config_checks import ConfigError, choice_error
 from recbole_ext.data.seq2seq import (
     FUTURE_FIELD,
     FUTURE_LENGTH_FIELD,
@@ -237,24 +237,30 @@ class AutoDisenSeqTrainer(Trainer):
         self.render_arch = config["render_arch"]  # (bool) draw the searched architecture
         self.search_seed = config["seed"]  # (int) seeds the search and every stage's generators
         self.pre_model_path = config["pre_model_path"] or None  # (str|None) skips stages 1-2
-        if self.search_fitness not in ("ndcg", "loss"):
-            raise ValueError(f"search_fitness={self.search_fitness!r}: choose 'ndcg' or 'loss'")
-        if self.final_training not in ("finetune", "retrain"):
-            raise ValueError(f"final_training={self.final_training!r}: use finetune or retrain")
-        for key, value, allowed in (
+        for key, value, choices in (
+            ("search_fitness", self.search_fitness, ("ndcg", "loss")),
+            ("final_training", self.final_training, ("finetune", "retrain")),
             ("pretrain_windows", self.pretrain_windows, WINDOWS[PRETRAIN]),
             ("finetune_windows", self.finetune_windows, WINDOWS[FINETUNE]),
             ("finetune_loss", self.finetune_loss, FINETUNE_LOSSES),
         ):
-            if value not in allowed:
-                raise ValueError(f"{key}={value!r}: choose one of {allowed}")
-        if self.pretrain_epochs < 0 or self.pretrain_steps_per_batch < 1:
-            raise ValueError(
-                f"pretrain_epochs={self.pretrain_epochs} must be ≥ 0 and "
-                f"pretrain_steps_per_batch={self.pretrain_steps_per_batch} ≥ 1"
+            if value not in choices:
+                raise choice_error(key, value, choices)
+        if self.pretrain_epochs < 0:  # the command line's value is checked by Config already
+            raise ConfigError(f"pretrain_epochs={self.pretrain_epochs}: a number ≥ 0")
+        if self.pretrain_steps_per_batch < 1:
+            raise ConfigError(
+                f"pretrain_steps_per_batch={self.pretrain_steps_per_batch}: at least 1 "
+                "optimiser step per mini-batch (the authors: 16)"
+            )
+        if self.search_population < 2 or self.search_generations < 0:
+            raise ConfigError(
+                f"search_population={self.search_population}, search_generations="
+                f"{self.search_generations}: the search needs a population of at least 2 and "
+                "0 or more generations"
             )
         if not 0.0 < self.pretrain_window_step <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"pretrain_window_step={self.pretrain_window_step}: a share of the maximum "
                 "length in (0, 1] (the authors: 0.5)"
             )
@@ -272,9 +278,9 @@ class AutoDisenSeqTrainer(Trainer):
                     "resume point of the search (<output>/resume/<run>/search.pth)"
                 )
         if self.finetune_loss == "bce" and self.finetune_negatives < 1:
-            raise ValueError(f"finetune_negatives={self.finetune_negatives}: at least 1 for bce")
+            raise ConfigError(f"finetune_negatives={self.finetune_negatives}: at least 1 for bce")
         if self.pretrain_clip_grad_norm is not None and self.pretrain_clip_grad_norm <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"pretrain_clip_grad_norm={self.pretrain_clip_grad_norm}: a positive norm, or ~"
             )
         self.stage = FINETUNE  # the stage _train_epoch serves (RecBole's fit: fine-tuning)

@@ -35,6 +35,7 @@ from recbole.utils import set_color
 from tqdm.auto import tqdm
 
 from recbole_ext.checkpoint import load_checkpoint, restore_model, save_checkpoint
+from recbole_ext.config_checks import ConfigError
 from recbole_ext.config_sections import read_section
 from recbole_ext.expctr_results import ctr_metrics, mean, write_reward_trajectory
 from recbole_ext.expctr_run import ExpCTRRun, ExpCTRSample, StageRecord, is_ppo_stage
@@ -97,7 +98,7 @@ class ExpCTRTrainer(Trainer):
             llm = read_section(self.config, LLMConfig)
             self._encoder = SentenceEncoder(llm.encoder, batch_size=llm.encoder_batch_size)
         if self._encoder.dimension != self.run.settings.explanation_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"the sentence encoder gives {self._encoder.dimension}-d vectors but "
                 f"expctr_explanation_dim={self.run.settings.explanation_dim}: set them equal."
             )

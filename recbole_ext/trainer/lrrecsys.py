@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recbole_ext.config_checks import ConfigError
 from recbole_ext.config_sections import read_section
 from recbole_ext.data.item_text import item_texts
 from recbole_ext.data.lrrecsys_samples import TRAIN, SampleTable
@@ -63,7 +64,7 @@ def train_autoencoder(
 ) -> list[float]:
     """Minimise Eq. 3 / 25 over ``word_ids`` (N, maxlen); returns the mean loss of each epoch."""
     if optimizer not in AE_OPTIMIZERS:
-        raise ValueError(
+        raise ConfigError(
             f"lrrecsys_ae_optimizer={optimizer!r}: choose one of {list(AE_OPTIMIZERS)}"
         )
     generator = torch.Generator().manual_seed(seed)

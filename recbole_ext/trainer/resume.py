@@ -75,6 +75,7 @@ from recbole_ext.checkpoint import (
     other_model,
     restore_model,
 )
+from recbole_ext.config_checks import ConfigError
 from recbole_ext.trainer.stages import StagedTrainerMixin
 
 FORMAT = "recbole_ext-resume/1"
@@ -319,8 +320,9 @@ class ResumableTrainerMixin:
         """Restore resume point ``name``; returns its state dict, or ``None`` when there is none.
 
         Raises:
-            ValueError: the state belongs to another model or configuration, or its best
-                checkpoint file is gone.
+            ConfigError: (a ValueError) the state belongs to another model or configuration, or
+                its best checkpoint file is gone; the message names the fix (another
+                ``--output``, or deleting the resume folder).
         """
         if self.resume_dir is None or not self.state_path(name).is_file():
             return None
@@ -411,19 +413,19 @@ class ResumableTrainerMixin:
             raise ValueError(f"{path} is not a recbole-ext resume state (format {FORMAT})")
         mismatch = other_model(path, state["model"], self.config["model"])
         if mismatch:
-            raise ValueError(
+            raise ConfigError(
                 f"{mismatch}: use another --output for this model (or delete {self.resume_dir})"
             )
         current = self._fit_config or config_fingerprint(self.config)
         differences = config_differences(state["config"], current, packaged_defaults(self.config))
         if differences:
-            raise ValueError(
+            raise ConfigError(
                 f"{path} was saved by a run with other settings ({'; '.join(differences)}); "
                 f"resuming it would mix two configurations. Rerun with the saved settings, or "
                 f"start afresh with another --output (or delete {self.resume_dir})."
             )
         if state["best_checkpoint_written"] and not os.path.isfile(state["saved_model_file"]):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: the run's best checkpoint {state['saved_model_file']} is gone, so its "
                 f"early-stopping state cannot be resumed; delete {self.resume_dir} to start afresh"
             )

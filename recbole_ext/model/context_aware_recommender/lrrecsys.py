@@ -41,6 +41,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 from torch import nn
 
+from recbole_ext.config_checks import ConfigError
 from recbole_ext.data.lrrecsys_dataset import HOUR, SAMPLE_ID, WEEKDAY
 from recbole_ext.data.lrrecsys_samples import HOURS, WEEKDAYS
 
@@ -278,23 +279,23 @@ class LRRecsys(AbstractRecommender):
 
     def _check_settings(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"lrrecsys_task={self.task!r}: choose one of {TASKS}.")
+            raise ConfigError(f"lrrecsys_task={self.task!r}: choose one of {TASKS}.")
         if self.source not in SOURCES:
-            raise ValueError(
+            raise ConfigError(
                 f"lrrecsys_explanation_source={self.source!r}: choose one of {SOURCES}."
             )
         if self.task == "regression" and self.LABEL != self.RATING:
-            raise ValueError(
+            raise ConfigError(
                 f"lrrecsys_task=regression predicts {self.RATING!r}: pass --LABEL_FIELD="
                 f"{self.RATING} --metrics=\"['RMSE','MAE']\" --valid_metric=RMSE."
             )
         if self.task == "classification" and self.LABEL == self.RATING:
-            raise ValueError(
+            raise ConfigError(
                 "lrrecsys_task=classification needs the derived 0/1 label: pass "
                 "--LABEL_FIELD=label (or --lrrecsys_task=regression)."
             )
         if not self.rating_min < self.rating_max:
-            raise ValueError("lrrecsys_rating_range: give [min, max] with min < max, e.g. [1, 5].")
+            raise ConfigError("lrrecsys_rating_range: give [min, max] with min < max, e.g. [1, 5].")
 
     @staticmethod
     def _init_weights(module):

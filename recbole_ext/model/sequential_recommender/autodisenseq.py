@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
+from recbole_ext.config_checks import ConfigError, choice_error
 from recbole_ext.data.seq2seq import (
     FUTURE_FIELD,
     FUTURE_LENGTH_FIELD,
@@ -60,6 +61,8 @@ from recbole_ext.data.seq2seq import (
     attach_futures,
 )
 from recbole_ext.model.layers import (
+    BETA_INITS,
+    INTENT_SIMILARITIES,
     FastDropout,
     IntentionDisentanglement,
     causal_mask,
@@ -167,23 +170,30 @@ class AutoDisenSeq(SequentialRecommender):
         seed = config["seed"]  # (int) seeds the architecture sampler
 
         if not 0.0 <= self.lambda_s2s <= 1.0:
-            raise ValueError(f"lambda_s2s={self.lambda_s2s} must lie in [0, 1] (Eq. 10)")
-        if self.s2i_negatives not in ("batch", "all"):
-            raise ValueError(f"s2i_negatives={self.s2i_negatives!r}: choose 'batch' or 'all'")
-        if score_scale not in FINETUNE_SCORE_SCALES:
-            raise ValueError(
-                f"finetune_score_scale={score_scale!r}: choose one of {FINETUNE_SCORE_SCALES} "
-                "(the fine-tuning BCE's e·φ as is, the authors', or over √D)"
-            )
+            raise ConfigError(f"lambda_s2s={self.lambda_s2s} must lie in [0, 1] (Eq. 10)")
+        for key, value, choices, why in (
+            ("intent_similarity", self.intent_similarity, INTENT_SIMILARITIES, " (Eq. 4)"),
+            ("beta_init", self.beta_init, BETA_INITS, " (Eq. 6's β: N(0, 1/D) or zeros)"),
+            ("s2i_negatives", self.s2i_negatives, ("batch", "all"), " (Eq. 9)"),
+            (
+                "finetune_score_scale",
+                score_scale,
+                FINETUNE_SCORE_SCALES,
+                " (the fine-tuning BCE's e·φ as is, the authors', or over √D)",
+            ),
+            (
+                "position_from",
+                self.position_from,
+                POSITION_FROM,
+                " (the item that gets position 0, or the newest item at position L - 1)",
+            ),
+        ):
+            if value not in choices:
+                raise choice_error(key, value, choices, why)
         # divides the fine-tuning BCE's scores: 1 (the authors') or √D (pre-training's scale)
         self.finetune_score_divisor = (
             math.sqrt(self.hidden_size) if score_scale == "sqrt_d" else 1.0
         )
-        if self.position_from not in POSITION_FROM:
-            raise ValueError(
-                f"position_from={self.position_from!r}: choose one of {POSITION_FROM} (the item "
-                "that gets position 0, or the newest item at position L - 1)"
-            )
         assert self.hidden_size > 0 and self.n_intents >= 1
 
         self.space = SearchSpace(self.n_layers, ops)
@@ -192,11 +202,11 @@ class AutoDisenSeq(SequentialRecommender):
             architecture, file_ops = load_arch(arch_file)
             missing = set(file_ops) - set(ops)
             if missing:
-                raise ValueError(f"{arch_file} uses operations {sorted(missing)} not in --ops")
+                raise ConfigError(f"{arch_file} uses operations {sorted(missing)} not in --ops")
             self.space.validate(architecture)
             self.search = False
         if chunk is not None and chunk < 0:
-            raise ValueError(f"inference_chunk={chunk}: a number of rows ≥ 1, 0 or ~ (auto)")
+            raise ConfigError(f"inference_chunk={chunk}: a number of rows ≥ 1, 0 or ~ (auto)")
         if chunk is None:  # auto: cache-sized passes on CPU, the whole batch on a GPU
             chunk = 64 if torch.device(config["device"]).type == "cpu" else 0
         self.inference_chunk = chunk
@@ -352,6 +362,13 @@ class AutoDisenSeq(SequentialRecommender):
                 self.encode(item_seq[rows, :width], lengths[rows], beta, architecture, cache)
             )
         return torch.cat(phi)[torch.argsort(order)]  # back to the input order
+
+    @property
+    def parameters_note(self) -> str:
+        """What the run header's parameter count covers (:func:`recbole_ext.run_report.run_header`)."""
+        if self.search:
+            return "the supernet: every candidate operation; the searched model keeps fewer"
+        return ""
 
     def forward(self, item_seq, item_seq_len):
         """φ (B, K, D) of input sequences."""
