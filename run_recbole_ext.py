@@ -21,6 +21,7 @@ accepts it); a key that looks like a credential is refused: secrets come from th
 
 import argparse
 import sys
+from pathlib import Path
 
 from recbole_ext.quick_start import DEFAULT_DATASET, DEFAULT_MODEL
 
@@ -113,7 +114,12 @@ def main(argv=None):
             cli["models"], cli["ours"] = split_names(cli["models"]), split_names(cli["ours"])
             spec = BenchmarkSpec(**{k: v for k, v in cli.items() if v is not None})
         check_benchmark_keys(spec)
+        errors = Path(spec.output).resolve() / "errors.jsonl"
+        before = len(errors.read_text().splitlines()) if errors.is_file() else 0
         print(f"results in {run_benchmark(spec)}")
+        failed = (len(errors.read_text().splitlines()) if errors.is_file() else 0) - before
+        if failed:  # a script (CI, a scheduler) sees it in the exit status
+            sys.exit(f"run_recbole_ext.py: {failed} run(s) failed this time: see {errors}")
     elif args.tune:
         from recbole_ext.tune import SearchSpace, TuneSpec, run_tuning
 
@@ -150,6 +156,7 @@ def main(argv=None):
     else:
         from recbole_ext.quick_start import run
 
+        as_dict(overrides, parser)  # validate the --key=value form (a usage error, no traceback)
         if not any(o.split("=")[0] == "--show_progress" for o in overrides):
             overrides = [*overrides, "--show_progress=True"]  # bars when stderr is a terminal
         run(args.model, args.dataset, config_files or None, cmd_args=overrides, output=args.output)

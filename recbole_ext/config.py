@@ -12,7 +12,7 @@ Precedence, lowest first (RecBole's rule, with our layers inserted after RecBole
    ``recbole_ext/properties/preset/<preset>.yaml`` when ``preset`` is set (a training recipe,
    e.g. ``--preset=autodisenseq_authors``);
 7. user ``config_file_list`` < ``config_dict`` < ``cmd_args`` (``--key=value`` strings; ``~``
-   means None there, as in the yaml files).
+   or ``null`` means None there, as in the yaml files).
 
 Unlike RecBole, command-line overrides are passed in explicitly (``cmd_args``) instead of being read
 from ``sys.argv``, so library callers (tests, Ray Tune workers, the benchmark) are never affected by
@@ -40,6 +40,7 @@ from recbole_ext.config_checks import (
     ConfigError,
     CredentialError,
     UnknownKeyError,
+    choice_error,
     count_problem,
     credential_problem,
     known_keys,
@@ -103,8 +104,11 @@ class Config(RecBoleConfig):
     def _load_cmd_line(self):
         cmd_config_dict = parse_overrides(self._cmd_args)
         self._key_sources.update(dict.fromkeys(cmd_config_dict, "command line"))
-        # `~` is how the yaml files (and the docs) write None; RecBole's eval keeps it as text
-        cmd_config_dict = {k: "None" if v == "~" else v for k, v in cmd_config_dict.items()}
+        # `~` (or null) is how the yaml files and the docs write None; RecBole's eval keeps it as
+        # text
+        cmd_config_dict = {
+            k: "None" if v in ("~", "null") else v for k, v in cmd_config_dict.items()
+        }
         return self._convert_config_dict(cmd_config_dict)
 
     def _get_model_and_dataset(self, model, dataset):
@@ -194,7 +198,8 @@ class Config(RecBoleConfig):
                 keys (unless ``allow_unknown_keys`` is True).
             ConfigError: a value that is not True/False or not a number where the packaged
                 default is one (:func:`~recbole_ext.config_checks.value_type_problem`), or a
-                negative or fractional number of epochs (``count_problem``).
+                negative or fractional number of epochs (``count_problem``), a value outside
+                the model's or trainer's ``option_choices``, a ``pre_model_path`` that is no file.
         """
         try:
             trainer_class = get_trainer(self.internal_config_dict["MODEL_TYPE"], self.model)
@@ -222,6 +227,21 @@ class Config(RecBoleConfig):
         unknown = {key: where for key, where in self._key_sources.items() if key not in known}
         if unknown and not allow:
             raise UnknownKeyError(unknown_keys_message(unknown, known, self.model, self.dataset))
+        for owner in (self.model_class, trainer_class):  # their fixed choices, before data loads
+            for key, (choices, why) in getattr(owner, "option_choices", {}).items():
+                if key in self._key_sources:
+                    value = self.external_config_dict[key]
+                    if value not in choices:
+                        problem = choice_error(key, value, choices, why)
+                        raise ConfigError(f"{self._key_sources[key]}: {problem}")
+        pre_model = self.external_config_dict.get("pre_model_path")
+        if pre_model and not Path(pre_model).is_file():
+            raise ConfigError(
+                f"{self._key_sources['pre_model_path']}: pre_model_path={pre_model!r}: no such "
+                f"file (relative paths start at {Path.cwd()}). Give a model saved by an earlier "
+                "run (saved/<run>.pth; for AutoDisenSeq, a run with --epochs=0 saves the "
+                "pre-trained, searched model)"
+            )
         for key, where in self._key_sources.items():
             value = self.external_config_dict[key]
             problem = value_type_problem(

@@ -84,15 +84,18 @@ def choice_error(key: str, value, choices, why: str = "") -> ConfigError:
     return ConfigError(f"{key}={value!r}: choose one of {tuple(choices)}{hint}{why}")
 
 
+KINDS = {str: "text", int: "a whole number", float: "a number", list: "a list", dict: "a mapping"}
+
+
 def value_type_problem(key: str, value, default):
     """Why a user's ``value`` cannot stand where the packaged ``default`` is a bool or a number
     (``--pretrain_epochs=two``, ``--disentangle=yes``), or ``None``. ``~`` (None) always passes,
     and so does any value of a key whose default is text, a list, a mapping or ``~``.
 
     >>> value_type_problem("pretrain_epochs", "two", 300)
-    "pretrain_epochs='two' (a str): it takes a number, like its default 300 (--pretrain_epochs=300)"
-    >>> value_type_problem("disentangle", 1, True)[:52]
-    'disentangle=1 (a int): it takes True or False, like '
+    "pretrain_epochs='two' is text: it takes a number, like its default 300 (--pretrain_epochs=300; ~ for none where the option allows it)"
+    >>> value_type_problem("disentangle", 1, True)
+    'disentangle=1 is a whole number: it takes True or False, like its default True (--disentangle=True)'
     >>> [value_type_problem("learning_rate", v, 0.001) for v in (1, 0.01, None)]
     [None, None, None]
     """
@@ -101,16 +104,17 @@ def value_type_problem(key: str, value, default):
     if isinstance(default, bool):
         if isinstance(value, bool):
             return None
-        wanted = "True or False"
+        wanted, none = "True or False", ""
     elif isinstance(default, numbers.Real):
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return None
-        wanted = "a number"
+        wanted, none = "a number", "; ~ for none where the option allows it"
     else:
         return None
+    kind = KINDS.get(type(value), f"a {type(value).__name__}")
     return (
-        f"{key}={value!r} (a {type(value).__name__}): it takes {wanted}, like its default "
-        f"{default!r} (--{key}={default!r})"
+        f"{key}={value!r} is {kind}: it takes {wanted}, like its default {default!r} "
+        f"(--{key}={default!r}{none})"
     )
 
 

@@ -1183,12 +1183,17 @@ def test_fine_tuning_a_loaded_search_point_equals_the_self_contained_run(tmp_pat
 
 
 def test_pre_model_path_errors_name_the_file_and_the_fix(tmp_path, workdir):
-    missing = stage_config(tmp_path, pre_model_path=str(tmp_path / "nope.pth"))
-    _, model, *_ = build(missing)
-    with pytest.raises(ConfigError, match=r"nope\.pth.*no such file.*search\.pth"):
-        AutoDisenSeqTrainer(missing, model)
+    # a user's missing file: refused by Config, before the data loads
+    with pytest.raises(ConfigError, match=r"pre_model_path=.*nope\.pth.*no such file.*epochs=0"):
+        stage_config(tmp_path, pre_model_path=str(tmp_path / "nope.pth"))
+    (tmp_path / "x").write_bytes(b"")
     retrain = stage_config(tmp_path, pre_model_path=str(tmp_path / "x"), final_training="retrain")
+    _, model, *_ = build(retrain)
     with pytest.raises(ConfigError, match="final_training=retrain"):
+        AutoDisenSeqTrainer(retrain, model)
+    # a file gone after the config was made: the trainer says so too
+    retrain["final_training"], retrain["pre_model_path"] = "finetune", str(tmp_path / "gone.pth")
+    with pytest.raises(ConfigError, match=r"gone\.pth.*no such file.*search\.pth"):
         AutoDisenSeqTrainer(retrain, model)
     # a model saved with other sizes
     small = stage_config(tmp_path, arch_search=False, pretrain_epochs=1, epochs=0)

@@ -221,9 +221,9 @@ def test_cli_typo_stops_before_data_loads(tiny_cli, workdir, no_data_load):
     [
         ("--epochs=-1", "epochs=-1: a number of epochs is a whole number ≥ 0"),
         ("--epochs=2.5", "epochs=2.5: a number of epochs is a whole number ≥ 0"),
-        ("--learning_rate=fast", "learning_rate='fast' (a str): it takes a number, like its"),
-        ("--reproducibility=yes", "reproducibility='yes' (a str): it takes True or False"),
-        ("--reproducibility=1", "reproducibility=1 (a int): it takes True or False"),
+        ("--learning_rate=fast", "learning_rate='fast' is text: it takes a number, like its"),
+        ("--reproducibility=yes", "reproducibility='yes' is text: it takes True or False"),
+        ("--reproducibility=1", "reproducibility=1 is a whole number: it takes True or False"),
     ],
 )
 def test_cli_value_of_the_wrong_kind_stops_before_data_loads(
@@ -234,6 +234,54 @@ def test_cli_value_of_the_wrong_kind_stops_before_data_loads(
     with pytest.raises(ConfigError, match=re.escape(f"command line: {message}")):
         run_recbole_ext.main(["--model=Pop", *tiny_cli, arg])
     assert not (workdir / "log").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--model=AutoDisenSeq", "--intent_similarity=cosin"],
+            "intent_similarity='cosin': choose one of ('cosine', 'dot') (did you mean 'cosine'?)",
+        ),
+        (  # a trainer's option
+            ["--model=AutoDisenSeq", "--finetune_windows=prefix"],
+            "finetune_windows='prefix': choose one of ('prefixes', 'last') (did you mean "
+            "'prefixes'?)",
+        ),
+        (
+            ["--model=LRRecsys", "--lrrecsys_task=regresion"],
+            "lrrecsys_task='regresion': choose one of ('classification', 'regression') (did you "
+            "mean 'regression'?)",
+        ),
+        (
+            ["--model=AutoDisenSeq", "--pre_model_path=saved/nosuch.pth"],
+            "pre_model_path='saved/nosuch.pth': no such file",
+        ),
+    ],
+)
+def test_cli_option_outside_its_choices_stops_before_data_loads(
+    args, message, tiny_cli, workdir, no_data_load
+):
+    # the model's and trainer's option_choices are checked by Config, not after loading
+    with pytest.raises(ConfigError, match=re.escape(f"command line: {message}")):
+        run_recbole_ext.main([*args, *tiny_cli])
+    assert not (workdir / "log").exists()
+
+
+def test_cli_override_without_a_value_is_a_usage_error(tiny_cli, workdir, capfd):
+    with pytest.raises(SystemExit):
+        run_recbole_ext.main(["--model=Pop", *tiny_cli, "--epochs"])
+    assert "override `--epochs` has no value" in capfd.readouterr().err
+
+
+def test_benchmark_exits_non_zero_when_a_run_failed(tiny_cli, workdir, monkeypatch, capfd):
+    # the CLI checks every row's keys first; skipped here, each run refuses in its own process
+    monkeypatch.setattr(run_recbole_ext, "check_benchmark_keys", lambda spec: None)
+    bench = workdir / "bench"
+    cli = ["--benchmark", "--models=Pop", "--seeds=1", f"--output={bench}", *tiny_cli]
+    with pytest.raises(SystemExit, match=r"1 run\(s\) failed this time: see .*errors.jsonl"):
+        run_recbole_ext.main([*cli, "--epochs=-1"])
+    assert "results in" in capfd.readouterr().out  # the tables are still written first
 
 
 def test_values_of_the_right_kind_and_tilde_pass(workdir):

@@ -218,6 +218,14 @@ def recbole_ndcg_fitness(model, batches: list, eval_func, arch) -> float:
 
 class AutoDisenSeqTrainer(Trainer):
     epoch_resume = True  # stage 3 is RecBole's fit: it resumes epochs (recbole_ext.trainer.resume)
+    # {key: (choices, what they mean)}: checked by Config before the data loads, and here
+    option_choices = {
+        "search_fitness": (("ndcg", "loss"), " (validation NDCG@10, or minus the Seq2Seq loss)"),
+        "final_training": (("finetune", "retrain"), " (keep the pre-trained weights, or not)"),
+        "pretrain_windows": (WINDOWS[PRETRAIN], ""),
+        "finetune_windows": (WINDOWS[FINETUNE], ""),
+        "finetune_loss": (FINETUNE_LOSSES, ""),
+    }
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -237,15 +245,9 @@ class AutoDisenSeqTrainer(Trainer):
         self.render_arch = config["render_arch"]  # (bool) draw the searched architecture
         self.search_seed = config["seed"]  # (int) seeds the search and every stage's generators
         self.pre_model_path = config["pre_model_path"] or None  # (str|None) skips stages 1-2
-        for key, value, choices in (
-            ("search_fitness", self.search_fitness, ("ndcg", "loss")),
-            ("final_training", self.final_training, ("finetune", "retrain")),
-            ("pretrain_windows", self.pretrain_windows, WINDOWS[PRETRAIN]),
-            ("finetune_windows", self.finetune_windows, WINDOWS[FINETUNE]),
-            ("finetune_loss", self.finetune_loss, FINETUNE_LOSSES),
-        ):
-            if value not in choices:
-                raise choice_error(key, value, choices)
+        for key, (choices, why) in self.option_choices.items():
+            if config[key] not in choices:
+                raise choice_error(key, config[key], choices, why)
         if self.pretrain_epochs < 0:  # the command line's value is checked by Config already
             raise ConfigError(f"pretrain_epochs={self.pretrain_epochs}: a number ≥ 0")
         if self.pretrain_steps_per_batch < 1:
@@ -358,6 +360,13 @@ class AutoDisenSeqTrainer(Trainer):
             raise ConfigError(
                 f"pre_model_path={path!r} holds supernet weights without a searched "
                 "architecture: give a resume point of the search (search.pth) or a saved model"
+            )
+        saved_seed = (state.get("config") or {}).get("seed")
+        if saved_seed is not None and saved_seed != self.config["seed"]:
+            self.logger.warning(
+                f"pre_model_path={path!r} was pre-trained and searched with seed {saved_seed}; "
+                f"this run fine-tunes with seed {self.config['seed']}. Intended for a new "
+                "fine-tuning seed; a per-seed comparison needs that seed's own file"
             )
         self.logger.info(f"stages 1-2 loaded from {path} (pre_model_path)")
         return architecture

@@ -41,7 +41,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 from torch import nn
 
-from recbole_ext.config_checks import ConfigError
+from recbole_ext.config_checks import ConfigError, choice_error
 from recbole_ext.data.lrrecsys_dataset import HOUR, SAMPLE_ID, WEEKDAY
 from recbole_ext.data.lrrecsys_samples import HOURS, WEEKDAYS
 
@@ -218,6 +218,14 @@ class LRRecsys(AbstractRecommender):
 
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
+    # {key: (choices, what they mean)}: checked by Config before the data loads, and here
+    option_choices = {
+        "lrrecsys_task": (TASKS, " (0/1 CTR label, or the rating)"),
+        "lrrecsys_explanation_source": (
+            SOURCES,
+            " (the paper's autoencoder, raw sentence embeddings, or learnt vectors: C.5)",
+        ),
+    }
 
     def __init__(self, config, dataset):
         super().__init__()
@@ -278,12 +286,13 @@ class LRRecsys(AbstractRecommender):
         self.reset_free_vectors()
 
     def _check_settings(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigError(f"lrrecsys_task={self.task!r}: choose one of {TASKS}.")
-        if self.source not in SOURCES:
-            raise ConfigError(
-                f"lrrecsys_explanation_source={self.source!r}: choose one of {SOURCES}."
-            )
+        for key, value in (
+            ("lrrecsys_task", self.task),
+            ("lrrecsys_explanation_source", self.source),
+        ):
+            choices, why = self.option_choices[key]
+            if value not in choices:
+                raise choice_error(key, value, choices, why)
         if self.task == "regression" and self.LABEL != self.RATING:
             raise ConfigError(
                 f"lrrecsys_task=regression predicts {self.RATING!r}: pass --LABEL_FIELD="

@@ -145,6 +145,22 @@ FINETUNE_SCORE_SCALES = ("unscaled", "sqrt_d")  # finetune_score_scale: e·φ | 
 class AutoDisenSeq(SequentialRecommender):
     """See the module docstring."""
 
+    # options with fixed choices: {key: (choices, what they mean)}; Config checks a user's value
+    # before the data loads, __init__ checks the merged one
+    option_choices = {
+        "intent_similarity": (INTENT_SIMILARITIES, " (Eq. 4)"),
+        "beta_init": (BETA_INITS, " (Eq. 6's β per intent: random N(0, 1/D), or zero)"),
+        "s2i_negatives": (("batch", "all"), " (Eq. 9's negatives)"),
+        "finetune_score_scale": (
+            FINETUNE_SCORE_SCALES,
+            " (the fine-tuning BCE's e·φ as is, the authors', or over √D)",
+        ),
+        "position_from": (
+            POSITION_FROM,
+            " (the item that gets position 0, or the newest item at position L - 1)",
+        ),
+    }
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         # --- config, read once ---
@@ -171,25 +187,9 @@ class AutoDisenSeq(SequentialRecommender):
 
         if not 0.0 <= self.lambda_s2s <= 1.0:
             raise ConfigError(f"lambda_s2s={self.lambda_s2s} must lie in [0, 1] (Eq. 10)")
-        for key, value, choices, why in (
-            ("intent_similarity", self.intent_similarity, INTENT_SIMILARITIES, " (Eq. 4)"),
-            ("beta_init", self.beta_init, BETA_INITS, " (Eq. 6's β: N(0, 1/D) or zeros)"),
-            ("s2i_negatives", self.s2i_negatives, ("batch", "all"), " (Eq. 9)"),
-            (
-                "finetune_score_scale",
-                score_scale,
-                FINETUNE_SCORE_SCALES,
-                " (the fine-tuning BCE's e·φ as is, the authors', or over √D)",
-            ),
-            (
-                "position_from",
-                self.position_from,
-                POSITION_FROM,
-                " (the item that gets position 0, or the newest item at position L - 1)",
-            ),
-        ):
-            if value not in choices:
-                raise choice_error(key, value, choices, why)
+        for key, (choices, why) in self.option_choices.items():
+            if config[key] not in choices:
+                raise choice_error(key, config[key], choices, why)
         # divides the fine-tuning BCE's scores: 1 (the authors') or √D (pre-training's scale)
         self.finetune_score_divisor = (
             math.sqrt(self.hidden_size) if score_scale == "sqrt_d" else 1.0
