@@ -22,8 +22,9 @@ Before any data loads, the user's keys (layer 6) are checked (:mod:`recbole_ext.
 a key that looks like a credential is refused (secrets come from the environment, named by
 ``llm_api_key_env``), and so is a key that no yaml declares and no code of the run reads, naming
 the closest known keys, unless ``allow_unknown_keys`` is True; so is a value of the wrong kind
-where the packaged default is True/False or a number (``--pretrain_epochs=two``), and a negative
-number of epochs.
+where the packaged default is True/False or a number (``--pretrain_epochs=two``), a negative
+number of epochs, a value outside the model's or trainer's ``option_choices`` (with the closest
+choice), and a ``pre_model_path`` that is no file.
 """
 
 from __future__ import annotations

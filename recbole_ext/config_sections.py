@@ -80,10 +80,10 @@ def read_section(config: Any, cls: type[T]) -> T:
 
     Raises:
         ConfigSectionError: a ``Config`` lacks a key (its model's yaml does not declare it), a
-            value has the wrong type, or a ``<prefix>*`` key is no field of the section and no
-            packaged yaml declares it (unless ``allow_unknown_keys`` is True: then a warning).
-        ConfigSectionError: also for the dataclass's own validation (a ``ValueError`` in its
-            ``__post_init__`` or ``derived``), naming the yaml key and the fix.
+            value has the wrong type, a ``<prefix>*`` key is no field of the section and no
+            packaged yaml declares it (unless ``allow_unknown_keys`` is True: then a warning), or
+            the dataclass's own validation fails (a ``ValueError`` in its ``__post_init__`` or
+            ``derived``, naming the yaml key and the fix).
     """
     keys = section_keys(cls)
     is_config = hasattr(config, "final_config_dict")
