@@ -154,9 +154,15 @@ def main(argv=None):
             f"outcomes: {result['rerank']['outcomes']}"
         )
     else:
+        from recbole_ext.config_checks import CredentialError, parse_overrides
         from recbole_ext.quick_start import run
 
-        as_dict(overrides, parser)  # validate the --key=value form (a usage error, no traceback)
+        try:  # the --key=value form: a usage error, no traceback
+            parse_overrides(overrides)
+        except CredentialError:
+            raise  # one line from __main__, naming the key and the environment-variable way
+        except ValueError as err:
+            parser.error(str(err))
         if not any(o.split("=")[0] == "--show_progress" for o in overrides):
             overrides = [*overrides, "--show_progress=True"]  # bars when stderr is a terminal
         run(args.model, args.dataset, config_files or None, cmd_args=overrides, output=args.output)
