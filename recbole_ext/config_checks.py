@@ -84,6 +84,24 @@ def choice_error(key: str, value, choices, why: str = "") -> ConfigError:
     return ConfigError(f"{key}={value!r}: choose one of {tuple(choices)}{hint}{why}")
 
 
+def check_choices(option_choices: dict, values) -> None:
+    """Refuse the first option of ``option_choices`` (``{key: (choices, what they mean)}``, a
+    model's or trainer's) whose value in ``values`` (a RecBole ``Config`` or a mapping; absent
+    keys are skipped) is none of its choices.
+
+    >>> check_choices({"s2i_negatives": (("batch", "all"), "")}, {"s2i_negatives": "al"})
+    Traceback (most recent call last):
+    ...
+    recbole_ext.config_checks.ConfigError: s2i_negatives='al': choose one of ('batch', 'all') (did you mean 'all'?)
+
+    Raises:
+        ConfigError: from :func:`choice_error`.
+    """
+    for key, (choices, why) in option_choices.items():
+        if key in values and values[key] not in choices:
+            raise choice_error(key, values[key], choices, why)
+
+
 KINDS = {str: "text", int: "a whole number", float: "a number", list: "a list", dict: "a mapping"}
 
 

@@ -52,7 +52,7 @@ from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.utils import init_seed, set_color
 
 from recbole_ext.checkpoint import load_checkpoint, other_model, restore_model
-from recbole_ext.config_checks import ConfigError, choice_error
+from recbole_ext.config_checks import ConfigError, check_choices
 from recbole_ext.data.seq2seq import (
     FUTURE_FIELD,
     FUTURE_LENGTH_FIELD,
@@ -245,9 +245,7 @@ class AutoDisenSeqTrainer(Trainer):
         self.render_arch = config["render_arch"]  # (bool) draw the searched architecture
         self.search_seed = config["seed"]  # (int) seeds the search and every stage's generators
         self.pre_model_path = config["pre_model_path"] or None  # (str|None) skips stages 1-2
-        for key, (choices, why) in self.option_choices.items():
-            if config[key] not in choices:
-                raise choice_error(key, config[key], choices, why)
+        check_choices(self.option_choices, config)
         if self.pretrain_epochs < 0:  # the command line's value is checked by Config already
             raise ConfigError(f"pretrain_epochs={self.pretrain_epochs}: a number ≥ 0")
         if self.pretrain_steps_per_batch < 1:

@@ -41,7 +41,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 from torch import nn
 
-from recbole_ext.config_checks import ConfigError, choice_error
+from recbole_ext.config_checks import ConfigError, check_choices
 from recbole_ext.data.lrrecsys_dataset import HOUR, SAMPLE_ID, WEEKDAY
 from recbole_ext.data.lrrecsys_samples import HOURS, WEEKDAYS
 
@@ -286,13 +286,8 @@ class LRRecsys(AbstractRecommender):
         self.reset_free_vectors()
 
     def _check_settings(self) -> None:
-        for key, value in (
-            ("lrrecsys_task", self.task),
-            ("lrrecsys_explanation_source", self.source),
-        ):
-            choices, why = self.option_choices[key]
-            if value not in choices:
-                raise choice_error(key, value, choices, why)
+        values = {"lrrecsys_task": self.task, "lrrecsys_explanation_source": self.source}
+        check_choices(self.option_choices, values)
         if self.task == "regression" and self.LABEL != self.RATING:
             raise ConfigError(
                 f"lrrecsys_task=regression predicts {self.RATING!r}: pass --LABEL_FIELD="

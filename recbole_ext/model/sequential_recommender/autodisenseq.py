@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_ext.config_checks import ConfigError, choice_error
+from recbole_ext.config_checks import ConfigError, check_choices
 from recbole_ext.data.seq2seq import (
     FUTURE_FIELD,
     FUTURE_LENGTH_FIELD,
@@ -187,9 +187,7 @@ class AutoDisenSeq(SequentialRecommender):
 
         if not 0.0 <= self.lambda_s2s <= 1.0:
             raise ConfigError(f"lambda_s2s={self.lambda_s2s} must lie in [0, 1] (Eq. 10)")
-        for key, (choices, why) in self.option_choices.items():
-            if config[key] not in choices:
-                raise choice_error(key, config[key], choices, why)
+        check_choices(self.option_choices, config)
         # divides the fine-tuning BCE's scores: 1 (the authors') or √D (pre-training's scale)
         self.finetune_score_divisor = (
             math.sqrt(self.hidden_size) if score_scale == "sqrt_d" else 1.0
